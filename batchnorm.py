@@ -1,0 +1,170 @@
+"""Batch Normalization written by hand: the one layer of this lesson not taken from torch.nn.
+
+Ioffe & Szegedy (2015), in the report's notation. For each channel c, over the m values that
+channel takes in a mini-batch (m = N for input (N, C); m = N*H*W for input (N, C, H, W)):
+
+Training, eq. 2.1
+    mu_B      = (1/m) * sum(x)                      mini-batch mean
+    sigma_B^2 = (1/m) * sum((x - mu_B)^2)           mini-batch variance (biased: divide by m)
+    BN(x)     = gamma * (x - mu_B) / sqrt(sigma_B^2 + eps) + beta
+
+Running estimates, eq. 2.2 (the report's convention, momentum = 0.9 by default)
+    running_mean = momentum * running_mean + (1 - momentum) * mu_B
+    running_var  = momentum * running_var  + (1 - momentum) * sigma_B^2 * m / (m - 1)
+
+    torch.nn.BatchNorm writes the same rule the other way round: its `momentum` (default 0.1)
+    is the weight of the *new* batch statistic. Ours with momentum 0.9 is torch's with 0.1;
+    in general ours(momentum) == torch(momentum = 1 - momentum).
+
+Evaluation (after .eval())
+    BN(x) = gamma * (x - running_mean) / sqrt(running_var + eps) + beta
+    Nothing depends on the rest of the batch, so one test digit gets the same answer alone or in
+    a batch of 10,000, and the running estimates stay where training left them.
+
+The backward pass of eq. 2.1 is derived by hand in `BatchNormFunction` below; `batch_norm_reference`
+is the same forward written straight from eq. 2.1 for autograd to differentiate, kept for
+comparison (test_batchnorm.py shows both agree with each other and with torch.nn.BatchNorm).
+"""
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+
+def _stat_shape_and_dims(x):
+    """Statistics are per channel (dim 1); reduce over every other axis, broadcast back as (1, C, 1, ...)."""
+    reduce_dims = [0] + list(range(2, x.dim()))
+    stat_shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+    return stat_shape, reduce_dims
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Training-mode batch normalization (eq. 2.1) with a backward pass derived by hand.
+
+    Forward, per channel:  x_hat = (x - mu_B) * inv_std,  inv_std = 1 / sqrt(sigma_B^2 + eps),
+                           y = gamma * x_hat + beta.
+
+    Backward. Let g = dL/dy (the upstream gradient) and sums run over the m values of a channel.
+    beta and gamma enter y like the bias and weight of a per-channel linear map:
+        dL/dbeta  = sum(g)
+        dL/dgamma = sum(g * x_hat)
+    For x, the chain rule has three paths: directly through x, and through mu_B and sigma_B^2,
+    which every x of the channel feeds. Writing g_hat = gamma * g = dL/dx_hat:
+        dL/dsigma^2 = sum(g_hat * (x - mu_B)) * (-1/2) * inv_std^3
+        dL/dmu_B    = -inv_std * sum(g_hat)           (the sigma^2 path contributes 0, since
+                                                       sum(x - mu_B) = 0)
+        dL/dx       = g_hat * inv_std + dL/dsigma^2 * 2 (x - mu_B) / m + dL/dmu_B / m
+    which collapses to the closed form computed below:
+        dL/dx = gamma * inv_std / m * (m * g - sum(g) - x_hat * sum(g * x_hat))
+
+    Returns y and, as non-differentiable extras, the batch mean and biased variance that the
+    layer needs for its running estimates (computed once, here, rather than a second time).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        stat_shape, reduce_dims = _stat_shape_and_dims(x)
+        var, mean = torch.var_mean(x, dim=reduce_dims, correction=0, keepdim=True)  # sigma_B^2, mu_B
+        inv_std = torch.rsqrt(var + eps)
+        x_hat = (x - mean).mul_(inv_std)
+        y = torch.addcmul(bias.view(stat_shape), x_hat, weight.view(stat_shape))  # beta + gamma * x_hat
+        # x_hat (not x) is what backward needs; keeping it costs the same memory as keeping x.
+        ctx.save_for_backward(x_hat, weight, inv_std)
+        batch_mean, batch_var = mean.view(-1), var.view(-1)
+        ctx.mark_non_differentiable(batch_mean, batch_var)
+        return y, batch_mean, batch_var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, _grad_mean, _grad_var):
+        x_hat, weight, inv_std = ctx.saved_tensors
+        stat_shape, reduce_dims = _stat_shape_and_dims(x_hat)
+        m = x_hat.numel() // x_hat.shape[1]
+
+        sum_g = grad_y.sum(dim=reduce_dims)                   # dL/dbeta
+        sum_g_xhat = (grad_y * x_hat).sum(dim=reduce_dims)    # dL/dgamma
+
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            # gamma * inv_std / m * (m*g - sum(g) - x_hat*sum(g*x_hat)), as
+            # (g - mean(g) - x_hat * mean(g*x_hat)) * (gamma * inv_std): two passes over x.
+            grad_x = torch.addcmul(grad_y - (sum_g / m).view(stat_shape),
+                                   x_hat, (sum_g_xhat / -m).view(stat_shape))
+            grad_x.mul_(weight.view(stat_shape) * inv_std)
+        return grad_x, sum_g_xhat, sum_g, None
+
+
+def batch_norm_reference(x, weight, bias, eps=1e-5):
+    """eq. 2.1 exactly as written, differentiated by autograd: the yardstick for BatchNormFunction."""
+    stat_shape, reduce_dims = _stat_shape_and_dims(x)
+    mu = x.mean(dim=reduce_dims, keepdim=True)
+    var = ((x - mu) ** 2).mean(dim=reduce_dims, keepdim=True)
+    return weight.view(stat_shape) * (x - mu) / torch.sqrt(var + eps) + bias.view(stat_shape)
+
+
+class _BatchNorm(nn.Module):
+    """What BatchNorm1d and BatchNorm2d share; they differ only in the input rank they accept."""
+
+    input_rank = None   # set by the subclasses
+    input_layout = None
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.9):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.ones(num_features))    # gamma
+        self.bias = nn.Parameter(torch.zeros(num_features))     # beta
+        # Buffers, not parameters: saved in state_dict() and moved by .to(), but not trained.
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+    def _check_input(self, x):
+        name = type(self).__name__
+        if x.dim() != self.input_rank:
+            raise ValueError(f"{name} expects a {self.input_rank}-D input {self.input_layout}, "
+                             f"got a {x.dim()}-D input of shape {tuple(x.shape)}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{name}({self.num_features}) expects {self.num_features} channels "
+                             f"in dim 1, got input of shape {tuple(x.shape)}")
+        if self.training and x.numel() // x.shape[1] < 2:
+            raise ValueError(f"{name} in training needs more than one value per channel to compute "
+                             f"a batch variance, got input of shape {tuple(x.shape)}; "
+                             "use a larger batch or call .eval()")
+
+    def forward(self, x):
+        self._check_input(x)
+        if not self.training:
+            return self._normalize_with_running_stats(x)
+
+        y, batch_mean, batch_var = BatchNormFunction.apply(x, self.weight, self.bias, self.eps)
+        with torch.no_grad():   # eq. 2.2
+            m = x.numel() // x.shape[1]
+            # The running variance estimates the population variance used at test time, so it
+            # takes the unbiased estimate m/(m-1) * sigma_B^2, as torch.nn.BatchNorm does;
+            # eq. 2.1 itself normalises with the biased sigma_B^2.
+            unbiased_var = batch_var * (m / (m - 1))
+            self.running_mean.mul_(self.momentum).add_(batch_mean, alpha=1 - self.momentum)
+            self.running_var.mul_(self.momentum).add_(unbiased_var, alpha=1 - self.momentum)
+        return y
+
+    def _normalize_with_running_stats(self, x):
+        """gamma * (x - running_mean) / sqrt(running_var + eps) + beta, folded into one x * scale + shift."""
+        stat_shape, _ = _stat_shape_and_dims(x)
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        return torch.addcmul(shift.view(stat_shape), x, scale.view(stat_shape))
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalization of input (N, C): statistics per feature over the batch."""
+    input_rank = 2
+    input_layout = "(N, C)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalization of input (N, C, H, W): statistics per channel over N, H and W."""
+    input_rank = 4
+    input_layout = "(N, C, H, W)"

@@ -18,6 +18,11 @@ config keys (the report's values in mlp.py / cnn.py; resnet.py sets its own):
     disp_freq      iterations per log line and per point of the training curves (50)
     lr_schedule    "constant" (the report) or "cosine": each epoch e of E uses
                    learning_rate * (1 + cos(pi * e / E)) / 2, decaying smoothly towards 0
+    warmup_epochs  with "cosine": epochs of linearly rising rate before the decay (0: none)
+    augment_shift  shift each training image by up to this many pixels each time it is
+                   seen (0: the report's plain data)
+
+--plain gives the report's exact recipe: constant rate, no warm-up, no shifts.
 """
 import argparse
 import contextlib
@@ -58,6 +63,13 @@ def _positive_int(text):
     return value
 
 
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def _non_negative_float(text):
     value = float(text)
     if not value >= 0:   # also rejects nan
@@ -74,6 +86,7 @@ def _momentum(text):
 
 # argparse names the expected type in its error message by the function's __name__.
 _positive_int.__name__ = "positive integer"
+_non_negative_int.__name__ = "non-negative integer"
 _non_negative_float.__name__ = "non-negative number"
 _momentum.__name__ = "momentum in [0, 1)"
 
@@ -88,8 +101,12 @@ def parse_args(name, config, bn_default, argv=None):
     parser.add_argument("--batch-size", type=_positive_int, default=config["batch_size"])
     parser.add_argument("--lr", type=_non_negative_float, default=config["learning_rate"],
                         help="learning rate (the peak of the cosine schedule)")
-    parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default=config["lr_schedule"],
-                        help="'constant' is the report's plain config")
+    parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default=config["lr_schedule"])
+    parser.add_argument("--warmup-epochs", type=_non_negative_int, default=config["warmup_epochs"])
+    parser.add_argument("--augment-shift", type=_non_negative_int, default=config["augment_shift"],
+                        help="random shift of training images, in pixels")
+    parser.add_argument("--plain", action="store_true",
+                        help="the report's plain config: --lr-schedule constant --warmup-epochs 0 --augment-shift 0")
     parser.add_argument("--weight-decay", type=_non_negative_float, default=config["weight_decay"])
     parser.add_argument("--momentum", type=_momentum, default=config["momentum"])
     parser.add_argument("--disp-freq", type=_positive_int, default=config["disp_freq"],
@@ -103,6 +120,8 @@ def parse_args(name, config, bn_default, argv=None):
     parser.add_argument("--resume", action="store_true",
                         help="continue from checkpoint.pt in --out")
     args = parser.parse_args(argv)
+    if args.plain:
+        args.lr_schedule, args.warmup_epochs, args.augment_shift = "constant", 0, 0
     if args.out is None:
         args.out = f"runs/{name}_bn" if args.bn else f"runs/{name}"
     return args
@@ -112,7 +131,8 @@ def effective_config(config, args):
     """The script's config with the command line's overrides: what this run really uses."""
     return dict(config, learning_rate=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
                 batch_size=args.batch_size, max_epoch=args.epochs, disp_freq=args.disp_freq,
-                lr_schedule=args.lr_schedule, seed=args.seed)
+                lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
+                augment_shift=args.augment_shift, seed=args.seed)
 
 
 def pick_device(requested):
@@ -181,9 +201,30 @@ def load_mnist(data_dir, device):
 
 def learning_rate(config, epoch):
     """The learning rate of epoch `epoch` (0-based), set once per epoch."""
+    peak = config["learning_rate"]
     if config["lr_schedule"] == "constant":
-        return config["learning_rate"]
-    return config["learning_rate"] * (1 + math.cos(math.pi * epoch / config["max_epoch"])) / 2
+        return peak
+    warmup = config["warmup_epochs"]
+    if epoch < warmup:   # ramp up: a full-size first step can kill ReLUs of a net without BN
+        return peak * (epoch + 1) / (warmup + 1)
+    progress = (epoch - warmup) / max(1, config["max_epoch"] - warmup)
+    return peak * (1 + math.cos(math.pi * progress)) / 2
+
+
+def random_shift(images, max_shift, generator):
+    """Translate each image by its own random (dy, dx) in [-max_shift, max_shift] pixels.
+
+    The uncovered border gets the background value (a black pixel after normalisation).
+    One gather for the whole batch, no per-sample Python, on whatever device the images are.
+    """
+    n, _, height, width = images.shape
+    background = -MNIST_MEAN / MNIST_STD
+    padded = F.pad(images[:, 0], (max_shift,) * 4, value=background)   # (N, H + 2s, W + 2s)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n, 1, 1), generator=generator).to(images.device)
+    rows = torch.arange(height, device=images.device).view(1, height, 1) + dy
+    cols = torch.arange(width, device=images.device).view(1, 1, width) + dx
+    batch = torch.arange(n, device=images.device).view(n, 1, 1)
+    return padded[batch, rows, cols].unsqueeze(1)
 
 
 class InputProbe:
@@ -224,6 +265,8 @@ def train_one_epoch(model, optimizer, train_x, train_y, config, history, shuffle
     for step in range(steps):
         batch = order[step * batch_size:(step + 1) * batch_size]
         images, labels = train_x[batch], train_y[batch]
+        if config["augment_shift"]:
+            images = random_shift(images, config["augment_shift"], shuffle_gen)
         logits = model(images)
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad()

@@ -215,16 +215,17 @@ def random_shift(images, max_shift, generator):
     """Translate each image by its own random (dy, dx) in [-max_shift, max_shift] pixels.
 
     The uncovered border gets the background value (a black pixel after normalisation).
-    One gather for the whole batch, no per-sample Python, on whatever device the images are.
+    One gather (torch.take with flat indices) for the whole batch, no per-sample Python.
     """
     n, _, height, width = images.shape
-    background = -MNIST_MEAN / MNIST_STD
-    padded = F.pad(images[:, 0], (max_shift,) * 4, value=background)   # (N, H + 2s, W + 2s)
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n, 1, 1), generator=generator).to(images.device)
-    rows = torch.arange(height, device=images.device).view(1, height, 1) + dy
-    cols = torch.arange(width, device=images.device).view(1, 1, width) + dx
-    batch = torch.arange(n, device=images.device).view(n, 1, 1)
-    return padded[batch, rows, cols].unsqueeze(1)
+    device = images.device
+    padded = F.pad(images[:, 0], (max_shift,) * 4, value=-MNIST_MEAN / MNIST_STD)   # (N, H+2s, W+2s)
+    padded_height, padded_width = height + 2 * max_shift, width + 2 * max_shift
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator).to(device)
+    # flat index of pixel (i, j) of image k in `padded`: k*Hp*Wp + (i + dy_k)*Wp + (j + dx_k)
+    start = torch.arange(n, device=device) * (padded_height * padded_width) + dy * padded_width + dx
+    pixel = (torch.arange(height, device=device) * padded_width).view(height, 1) + torch.arange(width, device=device)
+    return torch.take(padded, start.view(n, 1, 1) + pixel).unsqueeze(1)
 
 
 class InputProbe:
@@ -264,7 +265,7 @@ def train_one_epoch(model, optimizer, train_x, train_y, config, history, shuffle
 
     for step in range(steps):
         batch = order[step * batch_size:(step + 1) * batch_size]
-        images, labels = train_x[batch], train_y[batch]
+        images, labels = train_x.index_select(0, batch), train_y.index_select(0, batch)
         if config["augment_shift"]:
             images = random_shift(images, config["augment_shift"], shuffle_gen)
         logits = model(images)

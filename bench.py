@@ -1,0 +1,143 @@
+"""Where the training time goes: the project's loop against a DataLoader pipeline and the bare limit.
+
+    python bench.py                   # about 10 minutes on a 2-core CPU
+    python bench.py --steps 5 --repeats 1 --models mlp   # a smoke test
+
+For each model, without and with BN, the training time of one epoch (600 steps of batch 100,
+extrapolated from --steps steps, median of --repeats) measured three ways:
+  loop        solver.train_one_epoch, exactly as the scripts run it (without the random shifts,
+              which the other two do not do either)
+  dataloader  what a student usually writes: torchvision MNIST with ToTensor and Normalize
+              transforms through a DataLoader, loss.item() every step
+  bare        forward, backward and SGD step over pre-batched tensors, nothing else
+plus, for BN models, the bare step with torch.nn.BatchNorm instead of batchnorm.py's layers,
+and the time to evaluate the 10k test set. All in one process, so the ratios are fair.
+"""
+import argparse
+import importlib
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+import batchnorm
+import solver
+
+STEPS_PER_EPOCH = 600
+BATCH = 100
+
+
+def make_optimizer(model):
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+
+def with_torch_batchnorm(model):
+    """The same model with each batchnorm.py layer replaced by torch.nn's (momentum 1 - ours)."""
+    for name, child in model.named_children():
+        if isinstance(child, batchnorm._BatchNorm):
+            torch_cls = nn.BatchNorm1d if isinstance(child, batchnorm.BatchNorm1d) else nn.BatchNorm2d
+            setattr(model, name, torch_cls(child.num_features, eps=child.eps, momentum=1 - child.momentum))
+        else:
+            with_torch_batchnorm(child)
+    return model
+
+
+def time_loop(model, train_x, train_y, steps):
+    config = {"batch_size": BATCH, "disp_freq": 50, "augment_shift": 0}
+    history = solver.new_history("bench", False, 0, config, "cpu")
+    optimizer, probe = make_optimizer(model), solver.InputProbe(model)
+    x, y = train_x[:steps * BATCH], train_y[:steps * BATCH]
+    start = time.perf_counter()
+    solver.train_one_epoch(model, optimizer, x, y, config, history, torch.Generator().manual_seed(0),
+                           probe, log=lambda text: None)
+    return time.perf_counter() - start
+
+
+def time_dataloader(model, data_dir, steps):
+    dataset = torchvision.datasets.MNIST(data_dir, train=True, transform=transforms.Compose([
+        transforms.ToTensor(), transforms.Normalize((solver.MNIST_MEAN,), (solver.MNIST_STD,))]))
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True)
+    optimizer = make_optimizer(model)
+    model.train()
+    start = time.perf_counter()
+    for step, (images, labels) in enumerate(loader):
+        if step == steps:
+            break
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item()   # the usual running-loss bookkeeping
+    return time.perf_counter() - start
+
+
+def time_bare(model, batches):
+    optimizer = make_optimizer(model)
+    model.train()
+    start = time.perf_counter()
+    for images, labels in batches:
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def median_time(measure, repeats):
+    measure()   # warm-up: first calls allocate and pick kernels
+    return statistics.median(measure() for _ in range(repeats))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--steps", type=int, default=100, help="training steps per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per number (median)")
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "resnet"])
+    parser.add_argument("--data-dir", default="data")
+    args = parser.parse_args(argv)
+
+    train_x, train_y, test_x, test_y = solver.load_mnist(args.data_dir, torch.device("cpu"))
+    batches = [(train_x[i * BATCH:(i + 1) * BATCH], train_y[i * BATCH:(i + 1) * BATCH]) for i in range(args.steps)]
+    per_epoch = STEPS_PER_EPOCH / args.steps
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; seconds per epoch of "
+          f"{STEPS_PER_EPOCH} steps, from {args.steps} steps, median of {args.repeats}\n")
+    rows = ["| model | loop (s/epoch) | dataloader | bare | loop / bare | dataloader / loop "
+            "| our BN / torch BN (step) | eval 10k (s) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name in args.models:
+        build_model = importlib.import_module(name).build_model
+        for bn in (False, True):
+            torch.manual_seed(0)
+            model = build_model(bn)
+            loop = median_time(lambda: time_loop(model, train_x, train_y, args.steps), args.repeats) * per_epoch
+            pipeline = median_time(lambda: time_dataloader(model, args.data_dir, args.steps), args.repeats) * per_epoch
+            bare = median_time(lambda: time_bare(model, batches), args.repeats) * per_epoch
+            bn_ratio = "-"
+            if bn:
+                torch_bn_model = with_torch_batchnorm(build_model(bn))
+                ours_bare, torch_bare = [], []
+                for _ in range(args.repeats):   # interleaved, so both see the same machine load
+                    ours_bare.append(time_bare(model, batches))
+                    torch_bare.append(time_bare(torch_bn_model, batches))
+                bn_ratio = f"{statistics.median(ours_bare) / statistics.median(torch_bare):.2f}"
+            evaluation = median_time(lambda: solver_evaluate_time(model, test_x, test_y), args.repeats)
+            rows.append(f"| {name}{' + BN' if bn else ''} | {loop:.2f} | {pipeline:.2f} | {bare:.2f} "
+                        f"| {loop / bare:.2f} | {pipeline / loop:.1f} | {bn_ratio} | {evaluation:.3f} |")
+            print(rows[-1], flush=True)
+    print("\n" + "\n".join(rows))
+
+
+def solver_evaluate_time(model, test_x, test_y):
+    start = time.perf_counter()
+    solver.evaluate(model, test_x, test_y)
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()

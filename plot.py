@@ -1,0 +1,264 @@
+"""Figures and tables from saved runs: the report's, and views it never had.
+
+    python plot.py                       # every run under runs/, figures into figures/
+    python plot.py runs/cnn runs/cnn_bn --out figures
+
+Per run (from history.json):     <run>_train.png   train loss and accuracy per iteration (report Fig. 3.2)
+                                 <run>_test.png    test loss and accuracy per epoch      (report Fig. 3.3)
+Per model with and without BN:   <model>_bn_vs_no_bn.png   the same curves overlaid
+                                 <model>_activation.png    15th/50th/85th percentiles of one first-layer
+                                                           unit's input during training (BN paper, Fig. 1)
+Per run (from checkpoint.pt and the test set, if --data-dir holds MNIST):
+                                 <run>_confusion.png, <run>_mistakes.png (most confident errors)
+All runs:                        table.md, the report's Tables 3.1/3.2 (also printed)
+"""
+import argparse
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")   # headless: files only, no window
+import matplotlib.pyplot as plt
+import torch
+
+import solver
+
+DPI = 110
+BN_COLORS = {True: "tab:blue", False: "tab:orange"}
+
+
+def run_label(history):
+    return f"{history['model']}{'_bn' if history['bn'] else ''}"
+
+
+def case_name(history):
+    return f"{history['model'].upper() if history['model'] != 'resnet' else 'mini-ResNet'} " \
+           f"{'with' if history['bn'] else 'without'} BN"
+
+
+def load_runs(run_dirs):
+    runs = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "history.json"
+        if not path.exists():
+            sys.exit(f"error: {path} not found; give folders written by mlp.py, cnn.py or resnet.py (--out)")
+        runs.append((Path(run_dir), json.loads(path.read_text())))
+    return runs
+
+
+# ----------------------------------------------------------------------------- curves
+
+def _draw_curves(axes, history, label=None, color=None):
+    """Train loss, train accuracy (per window), test loss, test accuracy (per epoch) on four axes."""
+    train, test = history["train"], history["test"]
+    axes[0].plot(train["iter"], train["loss"], label=label, color=color, lw=0.8)
+    axes[1].plot(train["iter"], train["acc"], label=label, color=color, lw=0.8)
+    axes[2].plot(test["epoch"], test["loss"], label=label, color=color, marker=".")
+    axes[3].plot(test["epoch"], test["acc"], label=label, color=color, marker=".")
+
+
+def _label_axes(axes):
+    for ax, (xlabel, ylabel) in zip(axes, [("iteration", "train loss"), ("iteration", "train accuracy"),
+                                           ("epoch", "test loss"), ("epoch", "test accuracy")]):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[2].set_yscale("log")
+
+
+def plot_run(history, out):
+    """The report's two figures for one run: training curves per iteration, test curves per epoch."""
+    label = run_label(history)
+    fig_train, train_axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig_test, test_axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    axes = [*train_axes, *test_axes]
+    _draw_curves(axes, history, color=BN_COLORS[history["bn"]])
+    _label_axes(axes)
+    fig_train.suptitle(f"{case_name(history)}: training (mean over each {history['config']['disp_freq']}-iteration window)")
+    fig_test.suptitle(f"{case_name(history)}: test set after each epoch")
+    paths = [out / f"{label}_train.png", out / f"{label}_test.png"]
+    for fig, path in zip((fig_train, fig_test), paths):
+        fig.tight_layout()
+        fig.savefig(path, dpi=DPI)
+        plt.close(fig)
+    return paths
+
+
+def plot_bn_comparison(with_bn, without_bn, out):
+    """The four curves of both runs overlaid: BN's faster convergence at a glance."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    axes = axes.flatten()
+    for history in (without_bn, with_bn):
+        _draw_curves(axes, history, label=case_name(history), color=BN_COLORS[history["bn"]])
+    _label_axes(axes)
+    for ax in axes:
+        ax.legend()
+    fig.suptitle(f"{with_bn['model']}: with and without Batch Normalization")
+    fig.tight_layout()
+    path = out / f"{with_bn['model']}_bn_vs_no_bn.png"
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_activation(with_bn, without_bn, out):
+    """BN paper Fig. 1: the distribution of one hidden unit's input over training, without and with BN."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, history in zip(axes, (without_bn, with_bn)):
+        act = history["activation"]
+        for key, style in (("p85", ":"), ("p50", "-"), ("p15", "--")):
+            ax.plot(act["iter"], act[key], style, color=BN_COLORS[history["bn"]], label=f"{key[1:]}th percentile")
+        ax.set_title(case_name(history))
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_ylabel(f"input of first ReLU, unit {with_bn['activation']['unit']}")
+    fig.suptitle(f"{with_bn['model']}: how one first-layer unit's input distribution moves during training")
+    fig.tight_layout()
+    path = out / f"{with_bn['model']}_activation.png"
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- table
+
+def converge_iteration(history, threshold):
+    """The first iteration whose windowed train accuracy reaches `threshold`, or None."""
+    return next((it for it, acc in zip(history["train"]["iter"], history["train"]["acc"]) if acc >= threshold),
+                None)
+
+
+def _format_time(seconds):
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def comparison_table(histories):
+    """Markdown in the shape of the report's Tables 3.1/3.2, one row per run."""
+    rows = ["| Case | Iterations to 90% train acc | to 98% | Final test acc | Best test acc "
+            "| Final test loss | Training time | #(parameters) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for history in histories:
+        speeds = [converge_iteration(history, t) for t in (0.90, 0.98)]
+        rows.append("| " + " | ".join([
+            case_name(history),
+            *("never" if s is None else f"{s:,}" for s in speeds),
+            f"{history['test']['acc'][-1]:.4f}",
+            f"{history['best_test_acc']:.4f}",
+            f"{history['test']['loss'][-1]:.4f}",
+            _format_time(history["train_time_s"]),
+            f"{history['params']:,}",
+        ]) + " |")
+    return "\n".join(rows) + "\n"
+
+
+# ----------------------------------------------------------------------------- from a checkpoint
+
+@torch.inference_mode()
+def predictions(run_dir, history, test_x):
+    """Softmax outputs of the saved model on the test set (the scripts' own build_model)."""
+    model = importlib.import_module(history["model"]).build_model(history["bn"])
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True, map_location="cpu")
+    model.load_state_dict(checkpoint["model_state"])
+    model.eval()
+    return torch.cat([model(batch).softmax(dim=1) for batch in test_x.split(solver.EVAL_BATCH_SIZE)])
+
+
+def plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out, n_mistakes=24):
+    probs = predictions(run_dir, history, test_x)
+    confidence, predicted = probs.max(dim=1)
+    label = run_label(history)
+
+    confusion = torch.zeros(10, 10, dtype=torch.int64)
+    confusion.index_put_((test_y, predicted), torch.ones_like(test_y), accumulate=True)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    image = ax.imshow(confusion.float().log1p(), cmap="Blues")   # log: the diagonal would drown the errors
+    for true in range(10):
+        for pred in range(10):
+            count = confusion[true, pred].item()
+            if count:
+                ax.text(pred, true, str(count), ha="center", va="center", fontsize=7,
+                        color="white" if true == pred else "black")
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(10))
+    ax.set_xlabel("predicted digit")
+    ax.set_ylabel("true digit")
+    accuracy = confusion.diag().sum().item() / len(test_y)
+    ax.set_title(f"{case_name(history)}: confusion matrix (accuracy {accuracy:.4f})")
+    fig.colorbar(image, ax=ax, label="log(1 + count)")
+    fig.tight_layout()
+    confusion_path = out / f"{label}_confusion.png"
+    fig.savefig(confusion_path, dpi=DPI)
+    plt.close(fig)
+
+    wrong = (predicted != test_y).nonzero().flatten()
+    worst = wrong[confidence[wrong].argsort(descending=True)][:n_mistakes]
+    columns = 8
+    rows = max(1, math.ceil(len(worst) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, 1.6 * rows), squeeze=False)
+    for ax in axes.flatten():
+        ax.axis("off")
+    for ax, index in zip(axes.flatten(), worst.tolist()):
+        pixels = test_x[index, 0] * solver.MNIST_STD + solver.MNIST_MEAN   # undo the normalisation
+        ax.imshow(pixels, cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(f"true {test_y[index]}, pred {predicted[index]}\n{confidence[index]:.0%} sure", fontsize=7)
+    fig.suptitle(f"{case_name(history)}: the {len(worst)} most confident mistakes of {len(wrong)}")
+    fig.tight_layout()
+    mistakes_path = out / f"{label}_mistakes.png"
+    fig.savefig(mistakes_path, dpi=DPI)
+    plt.close(fig)
+    return [confusion_path, mistakes_path]
+
+
+# ----------------------------------------------------------------------------- command line
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("runs", nargs="*", help="run folders (default: every folder under runs/ with a history.json)")
+    parser.add_argument("--out", default="figures", help="where the PNGs and table.md go")
+    parser.add_argument("--data-dir", default="data", help="MNIST for the confusion matrix and mistakes")
+    args = parser.parse_args(argv)
+
+    run_dirs = args.runs or sorted(p.parent for p in Path("runs").glob("*/history.json"))
+    if not run_dirs:
+        sys.exit("error: no runs found under runs/; train one first (python cnn.py --bn) or name run folders")
+    runs = load_runs(run_dirs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    written = []
+    for _, history in runs:
+        written += plot_run(history, out)
+    by_model = {}
+    for _, history in runs:
+        by_model.setdefault(history["model"], {})[history["bn"]] = history
+    for pair in by_model.values():
+        if len(pair) == 2:
+            written.append(plot_bn_comparison(pair[True], pair[False], out))
+            written.append(plot_activation(pair[True], pair[False], out))
+
+    try:
+        _, _, test_x, test_y = solver.load_mnist(args.data_dir, torch.device("cpu"))
+    except solver.SolverError as error:
+        print(f"skipping the confusion matrices and mistakes: {error}", file=sys.stderr)
+    else:
+        for run_dir, history in runs:
+            if (run_dir / "checkpoint.pt").exists():
+                written += plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out)
+
+    table = comparison_table([history for _, history in runs])
+    (out / "table.md").write_text(table)
+    written.append(out / "table.md")
+    print(table)
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    main()

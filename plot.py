@@ -178,7 +178,7 @@ def plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out, n_mistake
     confusion = torch.zeros(10, 10, dtype=torch.int64)
     confusion.index_put_((test_y, predicted), torch.ones_like(test_y), accumulate=True)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    image = ax.imshow(confusion.float().log1p(), cmap="Blues")   # log: the diagonal would drown the errors
+    image = ax.imshow(confusion.float().log1p().numpy(), cmap="Blues")   # log: the diagonal would drown the errors
     for true in range(10):
         for pred in range(10):
             count = confusion[true, pred].item()
@@ -206,7 +206,7 @@ def plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out, n_mistake
         ax.axis("off")
     for ax, index in zip(axes.flatten(), worst.tolist()):
         pixels = test_x[index, 0] * solver.MNIST_STD + solver.MNIST_MEAN   # undo the normalisation
-        ax.imshow(pixels, cmap="gray_r", vmin=0, vmax=1)
+        ax.imshow(pixels.numpy(), cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(f"true {test_y[index]}, pred {predicted[index]}\n{confidence[index]:.0%} sure", fontsize=7)
     fig.suptitle(f"{case_name(history)}: the {len(worst)} most confident mistakes of {len(wrong)}")
     fig.tight_layout()

@@ -1,0 +1,72 @@
+"""plot.py on synthetic runs: every figure and the table, headless; converge speed checked exactly."""
+import json
+
+import pytest
+import torch
+
+import mlp
+import plot
+
+
+def synthetic_history(bn, crosses_90_at):
+    """A run whose windowed train accuracy first reaches 0.90 at iteration `crosses_90_at`."""
+    iters = list(range(50, 1001, 50))
+    acc = [0.5 + 0.4 * min(1.0, it / crosses_90_at) - (0.001 if it < crosses_90_at else 0) for it in iters]
+    acc = [min(a, 0.97) for a in acc]
+    return {
+        "model": "mlp", "bn": bn, "params": 109_568 if bn else 109_184, "config": {"disp_freq": 50},
+        "device": "cpu",
+        "train": {"iter": iters, "loss": [1 / it for it in iters], "acc": acc},
+        "test": {"epoch": [1, 2], "loss": [0.2, 0.1], "acc": [0.95, 0.96]},
+        "epoch_time_s": [40.0, 45.5], "train_time_s": 85.5, "best_test_acc": 0.96,
+        "activation": {"layer": "input of the first ReLU", "unit": 0, "iter": iters,
+                       "p15": [-1.0] * 20, "p50": [0.0] * 20, "p85": [1.0] * 20},
+    }
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    dirs = []
+    for bn, crossing in ((True, 300), (False, 700)):
+        run_dir = tmp_path / f"mlp{'_bn' if bn else ''}"
+        run_dir.mkdir()
+        (run_dir / "history.json").write_text(json.dumps(synthetic_history(bn, crossing)))
+        torch.manual_seed(0)
+        torch.save({"model_state": mlp.build_model(bn).state_dict()}, run_dir / "checkpoint.pt")
+        dirs.append(run_dir)
+    return dirs
+
+
+def test_converge_iteration_finds_the_first_crossing():
+    history = synthetic_history(True, 300)
+    assert plot.converge_iteration(history, 0.90) == 300
+    assert plot.converge_iteration(history, 0.98) is None
+    assert plot.converge_iteration(synthetic_history(False, 700), 0.90) == 700
+
+
+def test_table_has_the_reports_columns():
+    table = plot.comparison_table([synthetic_history(True, 300), synthetic_history(False, 700)])
+    lines = table.strip().splitlines()
+    assert len(lines) == 4
+    assert "| MLP with BN | 300 | never | 0.9600 | 0.9600 | 0.1000 | 1 min 26 s | 109,568 |" in lines
+    assert "| MLP without BN | 700 |" in lines[3] and "109,184" in lines[3]
+
+
+def test_plot_writes_every_figure_and_the_table(two_runs, tmp_path, tiny_mnist, capsys):
+    out = tmp_path / "figures"
+    plot.main([*map(str, two_runs), "--out", str(out), "--data-dir", str(tiny_mnist)])
+    expected = {"mlp_bn_train.png", "mlp_bn_test.png", "mlp_train.png", "mlp_test.png",
+                "mlp_bn_vs_no_bn.png", "mlp_activation.png", "mlp_bn_confusion.png",
+                "mlp_bn_mistakes.png", "mlp_confusion.png", "mlp_mistakes.png", "table.md"}
+    assert {p.name for p in out.iterdir()} == expected
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "| MLP with BN | 300 |" in (out / "table.md").read_text()
+    assert "| MLP with BN | 300 |" in capsys.readouterr().out
+
+
+def test_plot_without_runs_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        plot.main([])
+    assert "no runs found" in str(stop.value.code)

@@ -93,32 +93,33 @@ _momentum.__name__ = "momentum in [0, 1)"
 
 def parse_args(name, config, bn_default, argv=None):
     parser = argparse.ArgumentParser(
-        prog=f"{name}.py", description=f"Train the {name} on MNIST with SGD (see {name}.py).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--bn", action=argparse.BooleanOptionalAction, default=bn_default,
-                        help="use batchnorm.py's Batch Normalization layers")
-    parser.add_argument("--epochs", type=_positive_int, default=config["max_epoch"])
-    parser.add_argument("--batch-size", type=_positive_int, default=config["batch_size"])
-    parser.add_argument("--lr", type=_non_negative_float, default=config["learning_rate"],
-                        help="learning rate (the peak of the cosine schedule)")
-    parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default=config["lr_schedule"])
-    parser.add_argument("--warmup-epochs", type=_non_negative_int, default=config["warmup_epochs"])
-    parser.add_argument("--augment-shift", type=_non_negative_int, default=config["augment_shift"],
-                        help="random shift of training images, in pixels")
-    parser.add_argument("--plain", action="store_true",
-                        help="the report's plain config: --lr-schedule constant --warmup-epochs 0 --augment-shift 0")
-    parser.add_argument("--weight-decay", type=_non_negative_float, default=config["weight_decay"])
-    parser.add_argument("--momentum", type=_momentum, default=config["momentum"])
-    parser.add_argument("--disp-freq", type=_positive_int, default=config["disp_freq"],
-                        help="iterations per log line")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    parser.add_argument("--data-dir", default="data",
-                        help="folder holding (or receiving) MNIST/raw/; ../shared/data works offline")
-    parser.add_argument("--out", default=None,
-                        help=f"where history.json and checkpoint.pt go (default: runs/{name}, or runs/{name}_bn with --bn)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from checkpoint.pt in --out")
+        prog=f"{name}.py", description=f"Train the {name} on MNIST with SGD (see {name}.py).")
+    add = parser.add_argument
+    add("--bn", action=argparse.BooleanOptionalAction, default=bn_default,
+        help="use batchnorm.py's Batch Normalization layers (default: %(default)s)")
+    add("--epochs", type=_positive_int, default=config["max_epoch"], help="(default: %(default)s)")
+    add("--batch-size", type=_positive_int, default=config["batch_size"], help="(default: %(default)s)")
+    add("--lr", type=_non_negative_float, default=config["learning_rate"],
+        help="learning rate, the peak of the cosine schedule (default: %(default)s)")
+    add("--lr-schedule", choices=["constant", "cosine"], default=config["lr_schedule"],
+        help="(default: %(default)s)")
+    add("--warmup-epochs", type=_non_negative_int, default=config["warmup_epochs"],
+        help="epochs of rising learning rate before the cosine (default: %(default)s)")
+    add("--augment-shift", type=_non_negative_int, default=config["augment_shift"],
+        help="random shift of training images, in pixels (default: %(default)s)")
+    add("--plain", action="store_true",
+        help="the report's plain config: --lr-schedule constant --warmup-epochs 0 --augment-shift 0")
+    add("--weight-decay", type=_non_negative_float, default=config["weight_decay"], help="(default: %(default)s)")
+    add("--momentum", type=_momentum, default=config["momentum"], help="(default: %(default)s)")
+    add("--disp-freq", type=_positive_int, default=config["disp_freq"],
+        help="iterations per log line (default: %(default)s)")
+    add("--seed", type=int, default=0, help="(default: %(default)s)")
+    add("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="(default: %(default)s)")
+    add("--data-dir", default="data",
+        help="folder holding (or receiving) MNIST/raw/; offline here: ../shared/data (default: %(default)s)")
+    add("--out", default=None,
+        help=f"where history.json and checkpoint.pt go (default: runs/{name}, or runs/{name}_bn with --bn)")
+    add("--resume", action="store_true", help="continue from checkpoint.pt in --out")
     args = parser.parse_args(argv)
     if args.plain:
         args.lr_schedule, args.warmup_epochs, args.augment_shift = "constant", 0, 0

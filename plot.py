@@ -52,6 +52,13 @@ def load_runs(run_dirs):
 
 # ----------------------------------------------------------------------------- curves
 
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
 def _draw_curves(axes, history, label=None, color=None):
     """Train loss, train accuracy (per window), test loss, test accuracy (per epoch) on four axes."""
     train, test = history["train"], history["test"]
@@ -81,12 +88,7 @@ def plot_run(history, out):
     _label_axes(axes)
     fig_train.suptitle(f"{case_name(history)}: training (mean over each {history['config']['disp_freq']}-iteration window)")
     fig_test.suptitle(f"{case_name(history)}: test set after each epoch")
-    paths = [out / f"{label}_train.png", out / f"{label}_test.png"]
-    for fig, path in zip((fig_train, fig_test), paths):
-        fig.tight_layout()
-        fig.savefig(path, dpi=DPI)
-        plt.close(fig)
-    return paths
+    return [_save(fig_train, out / f"{label}_train.png"), _save(fig_test, out / f"{label}_test.png")]
 
 
 def plot_bn_comparison(with_bn, without_bn, out):
@@ -99,11 +101,7 @@ def plot_bn_comparison(with_bn, without_bn, out):
     for ax in axes:
         ax.legend()
     fig.suptitle(f"{with_bn['model']}: with and without Batch Normalization")
-    fig.tight_layout()
-    path = out / f"{with_bn['model']}_bn_vs_no_bn.png"
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"{with_bn['model']}_bn_vs_no_bn.png")
 
 
 def plot_activation(with_bn, without_bn, out):
@@ -119,11 +117,7 @@ def plot_activation(with_bn, without_bn, out):
         ax.legend()
     axes[0].set_ylabel(f"input of first ReLU, unit {with_bn['activation']['unit']}")
     fig.suptitle(f"{with_bn['model']}: how one first-layer unit's input distribution moves during training")
-    fig.tight_layout()
-    path = out / f"{with_bn['model']}_activation.png"
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"{with_bn['model']}_activation.png")
 
 
 # ----------------------------------------------------------------------------- table
@@ -192,10 +186,7 @@ def plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out, n_mistake
     accuracy = confusion.diag().sum().item() / len(test_y)
     ax.set_title(f"{case_name(history)}: confusion matrix (accuracy {accuracy:.4f})")
     fig.colorbar(image, ax=ax, label="log(1 + count)")
-    fig.tight_layout()
-    confusion_path = out / f"{label}_confusion.png"
-    fig.savefig(confusion_path, dpi=DPI)
-    plt.close(fig)
+    confusion_path = _save(fig, out / f"{label}_confusion.png")
 
     wrong = (predicted != test_y).nonzero().flatten()
     worst = wrong[confidence[wrong].argsort(descending=True)][:n_mistakes]
@@ -209,11 +200,7 @@ def plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out, n_mistake
         ax.imshow(pixels.numpy(), cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(f"true {test_y[index]}, pred {predicted[index]}\n{confidence[index]:.0%} sure", fontsize=7)
     fig.suptitle(f"{case_name(history)}: the {len(worst)} most confident mistakes of {len(wrong)}")
-    fig.tight_layout()
-    mistakes_path = out / f"{label}_mistakes.png"
-    fig.savefig(mistakes_path, dpi=DPI)
-    plt.close(fig)
-    return [confusion_path, mistakes_path]
+    return [confusion_path, _save(fig, out / f"{label}_mistakes.png")]
 
 
 # ----------------------------------------------------------------------------- command line

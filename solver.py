@@ -373,7 +373,7 @@ def run(name, build_model, config, bn_default, argv=None):
     """Parse the command line, train, save after every epoch; exit cleanly on every known failure."""
     args = parse_args(name, config, bn_default, argv)
     out = Path(args.out)
-    resume_command = shlex.join([f"python {name}.py", *(sys.argv[1:] if argv is None else argv)])
+    resume_command = "python " + shlex.join([f"{name}.py", *(sys.argv[1:] if argv is None else argv)])
     if not args.resume:
         resume_command += " --resume"
     try:

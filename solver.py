@@ -251,10 +251,6 @@ class InputProbe:
         return torch.quantile(values, torch.tensor([0.15, 0.50, 0.85], device=values.device)).tolist()
 
 
-class Diverged(SolverError):
-    pass
-
-
 def train_one_epoch(model, optimizer, train_x, train_y, config, history, shuffle_gen, probe, log):
     """One pass over the training set in a fresh random order; appends to history["train"]."""
     model.train()
@@ -284,7 +280,7 @@ def train_one_epoch(model, optimizer, train_x, train_y, config, history, shuffle
             finite = torch.isfinite(losses)
             if not finite.all():
                 first_bad = int((~finite).nonzero()[0])
-                raise Diverged(f"training diverged at iteration {iteration - len(losses) + first_bad + 1} "
+                raise SolverError(f"training diverged at iteration {iteration - len(losses) + first_bad + 1} "
                                f"(loss {losses[first_bad].item()}); try a smaller --lr")
             mean_loss = losses.mean().item()
             accuracy = torch.stack(window_correct).sum().item() / (len(window_correct) * batch_size)

@@ -11,7 +11,8 @@ extrapolated from --steps steps, median of --repeats) measured three ways:
               transforms through a DataLoader, loss.item() every step
   bare        forward, backward and SGD step over pre-batched tensors, nothing else
 plus, for BN models, the bare step with torch.nn.BatchNorm instead of batchnorm.py's layers,
-and the time to evaluate the 10k test set. All in one process, so the ratios are fair.
+and the time to evaluate the 10k test set. All in one process, the measurements taken in
+turns, so the ratios are fair on a machine whose speed drifts.
 """
 import argparse
 import importlib
@@ -88,19 +89,36 @@ def time_bare(model, batches):
     return time.perf_counter() - start
 
 
-def median_time(measure, repeats):
-    measure()   # warm-up: first calls allocate and pick kernels
-    return statistics.median(measure() for _ in range(repeats))
+def time_evaluate(model, test_x, test_y):
+    start = time.perf_counter()
+    solver.evaluate(model, test_x, test_y)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(measures, repeats):
+    """Median time of each measurement, taking them in turns so that all see the same machine.
+
+    Run one after the other, a slow phase of a shared CPU (speed here drifts by 20-50% over
+    seconds) would land on one of them and skew the ratio; in turns it hits each alike.
+    """
+    for measure in measures.values():
+        measure()   # warm-up: first calls allocate and pick kernels
+    times = {name: [] for name in measures}
+    for _ in range(repeats):
+        for name, measure in measures.items():
+            times[name].append(measure())
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--steps", type=int, default=100, help="training steps per measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="measurements per number (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="measurements per number (median)")
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "resnet"])
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args(argv)
+    solver.keep_freed_memory_for_reuse()   # as the scripts do
 
     train_x, train_y, test_x, test_y = solver.load_mnist(args.data_dir, torch.device("cpu"))
     batches = [(train_x[i * BATCH:(i + 1) * BATCH], train_y[i * BATCH:(i + 1) * BATCH]) for i in range(args.steps)]
@@ -115,28 +133,21 @@ def main(argv=None):
         for bn in (False, True):
             torch.manual_seed(0)
             model = build_model(bn)
-            loop = median_time(lambda: time_loop(model, train_x, train_y, args.steps), args.repeats) * per_epoch
-            pipeline = median_time(lambda: time_dataloader(model, args.data_dir, args.steps), args.repeats) * per_epoch
-            bare = median_time(lambda: time_bare(model, batches), args.repeats) * per_epoch
-            bn_ratio = "-"
+            measures = {
+                "loop": lambda: time_loop(model, train_x, train_y, args.steps),
+                "dataloader": lambda: time_dataloader(model, args.data_dir, args.steps),
+                "bare": lambda: time_bare(model, batches),
+                "eval": lambda: time_evaluate(model, test_x, test_y)}
             if bn:
                 torch_bn_model = with_torch_batchnorm(build_model(bn))
-                ours_bare, torch_bare = [], []
-                for _ in range(args.repeats):   # interleaved, so both see the same machine load
-                    ours_bare.append(time_bare(model, batches))
-                    torch_bare.append(time_bare(torch_bn_model, batches))
-                bn_ratio = f"{statistics.median(ours_bare) / statistics.median(torch_bare):.2f}"
-            evaluation = median_time(lambda: solver_evaluate_time(model, test_x, test_y), args.repeats)
+                measures["bare, torch BN"] = lambda: time_bare(torch_bn_model, batches)
+            t = interleaved_medians(measures, args.repeats)
+            loop, pipeline, bare = (t[key] * per_epoch for key in ("loop", "dataloader", "bare"))
+            bn_ratio = f"{t['bare'] / t['bare, torch BN']:.2f}" if bn else "-"
             rows.append(f"| {name}{' + BN' if bn else ''} | {loop:.2f} | {pipeline:.2f} | {bare:.2f} "
-                        f"| {loop / bare:.2f} | {pipeline / loop:.1f} | {bn_ratio} | {evaluation:.3f} |")
+                        f"| {loop / bare:.2f} | {pipeline / loop:.1f} | {bn_ratio} | {t['eval']:.3f} |")
             print(rows[-1], flush=True)
     print("\n" + "\n".join(rows))
-
-
-def solver_evaluate_time(model, test_x, test_y):
-    start = time.perf_counter()
-    solver.evaluate(model, test_x, test_y)
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

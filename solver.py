@@ -26,6 +26,7 @@ config keys (the report's values in mlp.py / cnn.py; resnet.py sets its own):
 """
 import argparse
 import contextlib
+import ctypes
 import io
 import json
 import math
@@ -46,7 +47,10 @@ MNIST_FILES = {  # file under MNIST/raw/ -> number of dimensions its IDX header 
     "train-images-idx3-ubyte": 3, "train-labels-idx1-ubyte": 1,
     "t10k-images-idx3-ubyte": 3, "t10k-labels-idx1-ubyte": 1,
 }
-EVAL_BATCH_SIZE = 1000
+# Evaluation batches: 100, not 1,000, because on a CPU the conv nets' activations for 1,000
+# images outgrow the cache; measured here, the 10k test images take 0.17 s (cnn.py) and 1.5 s
+# (resnet.py) in batches of 100, against 0.33 s and 3.0 s in batches of 1,000.
+EVAL_BATCH_SIZE = 100
 PROBE_UNIT = 0   # the hidden unit whose input distribution history.json tracks (BN paper, Fig. 1)
 
 
@@ -146,6 +150,27 @@ def pick_device(requested):
         raise SolverError(f"--device {requested} was asked for, but this machine has no {requested.upper()} "
                           "device; use --device cpu or --device auto")
     return torch.device(requested)
+
+
+def keep_freed_memory_for_reuse():
+    """Ask glibc's malloc to keep freed memory for the next tensor instead of returning it to the OS.
+
+    PyTorch takes CPU tensors straight from malloc. By default glibc hands the memory of large
+    tensors back to the operating system when they are freed, so the next step's tensors of the
+    same size page-fault it in again, page by page: measured here, ~400 page faults per CNN+BN
+    step and ~10,000 per mini-ResNet step. With the two thresholds raised, freed blocks are
+    reused, faults drop to ~0, and steps run ~15% (CNN+BN) to ~20% (mini-ResNet) faster.
+    The MLP's tensors are too small to be affected. Does nothing where malloc is not glibc's.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):   # a C library without mallopt (e.g. musl in some builds)
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # parameter numbers from glibc's <malloc.h>
+    mallopt(M_MMAP_THRESHOLD, 32 * 2**20)   # blocks up to 32 MB come from the reusable heap...
+    mallopt(M_TRIM_THRESHOLD, 2**30)        # ...which is not shrunk until 1 GB of it lies free
 
 
 # ----------------------------------------------------------------------------- data
@@ -386,6 +411,7 @@ def run(name, build_model, config, bn_default, argv=None):
 def _train(name, build_model, config, args, out):
     prepare_out_dir(out)
     device = pick_device(args.device)
+    keep_freed_memory_for_reuse()
     train_x, train_y, test_x, test_y = load_mnist(args.data_dir, device)
     if config["batch_size"] > len(train_x):
         raise SolverError(f"--batch-size {config['batch_size']} is larger than the training set "

@@ -4,7 +4,8 @@
     python bench.py --steps 5 --repeats 1 --models mlp   # a smoke test
 
 For each model, without and with BN, the training time of one epoch (600 steps of batch 100,
-extrapolated from --steps steps, median of --repeats) measured three ways:
+extrapolated from --steps steps, median of --repeats; ratios are the median of the ratios
+within each round of measurements) measured three ways:
   loop        solver.train_one_epoch, exactly as the scripts run it (without the random shifts,
               which the other two do not do either)
   dataloader  what a student usually writes: torchvision MNIST with ToTensor and Normalize
@@ -15,6 +16,7 @@ and the time to evaluate the 10k test set. All in one process, the measurements 
 turns, so the ratios are fair on a machine whose speed drifts.
 """
 import argparse
+import copy
 import importlib
 import statistics
 import time
@@ -48,10 +50,10 @@ def with_torch_batchnorm(model):
     return model
 
 
-def time_loop(model, train_x, train_y, steps):
+def time_loop(model, probe, train_x, train_y, steps):
     config = {"batch_size": BATCH, "disp_freq": 50, "augment_shift": 0}
     history = solver.new_history("bench", False, 0, config, "cpu")
-    optimizer, probe = make_optimizer(model), solver.InputProbe(model)
+    optimizer = make_optimizer(model)
     x, y = train_x[:steps * BATCH], train_y[:steps * BATCH]
     start = time.perf_counter()
     solver.train_one_epoch(model, optimizer, x, y, config, history, torch.Generator().manual_seed(0),
@@ -95,11 +97,12 @@ def time_evaluate(model, test_x, test_y):
     return time.perf_counter() - start
 
 
-def interleaved_medians(measures, repeats):
-    """Median time of each measurement, taking them in turns so that all see the same machine.
+def interleaved_times(measures, repeats):
+    """`repeats` times of each measurement, taken in turns so that all see the same machine.
 
     Run one after the other, a slow phase of a shared CPU (speed here drifts by 20-50% over
-    seconds) would land on one of them and skew the ratio; in turns it hits each alike.
+    seconds) would land on one of them and skew the ratio; in turns, round i of every
+    measurement sees about the same speed, so a ratio is taken within each round.
     """
     for measure in measures.values():
         measure()   # warm-up: first calls allocate and pick kernels
@@ -107,7 +110,12 @@ def interleaved_medians(measures, repeats):
     for _ in range(repeats):
         for name, measure in measures.items():
             times[name].append(measure())
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def median_ratio(numerators, denominators):
+    """The median over rounds of the ratio within each round."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators))
 
 
 def main(argv=None):
@@ -133,19 +141,23 @@ def main(argv=None):
         for bn in (False, True):
             torch.manual_seed(0)
             model = build_model(bn)
+            # The loop trains a copy, so that the activation probe's hook stays off the bare step.
+            loop_model = copy.deepcopy(model)
+            probe = solver.InputProbe(loop_model)
             measures = {
-                "loop": lambda: time_loop(model, train_x, train_y, args.steps),
+                "loop": lambda: time_loop(loop_model, probe, train_x, train_y, args.steps),
                 "dataloader": lambda: time_dataloader(model, args.data_dir, args.steps),
                 "bare": lambda: time_bare(model, batches),
                 "eval": lambda: time_evaluate(model, test_x, test_y)}
             if bn:
                 torch_bn_model = with_torch_batchnorm(build_model(bn))
                 measures["bare, torch BN"] = lambda: time_bare(torch_bn_model, batches)
-            t = interleaved_medians(measures, args.repeats)
-            loop, pipeline, bare = (t[key] * per_epoch for key in ("loop", "dataloader", "bare"))
-            bn_ratio = f"{t['bare'] / t['bare, torch BN']:.2f}" if bn else "-"
+            t = interleaved_times(measures, args.repeats)
+            loop, pipeline, bare = (statistics.median(t[key]) * per_epoch for key in ("loop", "dataloader", "bare"))
+            bn_ratio = f"{median_ratio(t['bare'], t['bare, torch BN']):.2f}" if bn else "-"
             rows.append(f"| {name}{' + BN' if bn else ''} | {loop:.2f} | {pipeline:.2f} | {bare:.2f} "
-                        f"| {loop / bare:.2f} | {pipeline / loop:.1f} | {bn_ratio} | {t['eval']:.3f} |")
+                        f"| {median_ratio(t['loop'], t['bare']):.2f} | {median_ratio(t['dataloader'], t['loop']):.1f} "
+                        f"| {bn_ratio} | {statistics.median(t['eval']):.3f} |")
             print(rows[-1], flush=True)
     print("\n" + "\n".join(rows))
 

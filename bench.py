@@ -125,8 +125,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="measurements per number (median)")
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "resnet"])
     parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch's intra-op threads (default: torch's choice for this machine)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="skip solver.keep_freed_memory_for_reuse(), to see what it saves")
     args = parser.parse_args(argv)
-    solver.keep_freed_memory_for_reuse()   # as the scripts do
+    torch.set_num_threads(args.threads)
+    if not args.default_malloc:
+        solver.keep_freed_memory_for_reuse()   # as the scripts do
 
     train_x, train_y, test_x, test_y = solver.load_mnist(args.data_dir, torch.device("cpu"))
     batches = [(train_x[i * BATCH:(i + 1) * BATCH], train_y[i * BATCH:(i + 1) * BATCH]) for i in range(args.steps)]

@@ -48,8 +48,8 @@ MNIST_FILES = {  # file under MNIST/raw/ -> number of dimensions its IDX header 
     "t10k-images-idx3-ubyte": 3, "t10k-labels-idx1-ubyte": 1,
 }
 # Evaluation batches: 100, not 1,000, because on a CPU the conv nets' activations for 1,000
-# images outgrow the cache; measured here, the 10k test images take 0.17 s (cnn.py) and 1.5 s
-# (resnet.py) in batches of 100, against 0.33 s and 3.0 s in batches of 1,000.
+# images outgrow the cache; bench.py measured the 10k test images here in 0.14-0.23 s (cnn.py)
+# and 1.4-1.8 s (resnet.py) in batches of 100, against 0.35 s and 3.9-4.9 s in batches of 1,000.
 EVAL_BATCH_SIZE = 100
 PROBE_UNIT = 0   # the hidden unit whose input distribution history.json tracks (BN paper, Fig. 1)
 
@@ -157,10 +157,11 @@ def keep_freed_memory_for_reuse():
 
     PyTorch takes CPU tensors straight from malloc. By default glibc hands the memory of large
     tensors back to the operating system when they are freed, so the next step's tensors of the
-    same size page-fault it in again, page by page: measured here, ~400 page faults per CNN+BN
-    step and ~10,000 per mini-ResNet step. With the two thresholds raised, freed blocks are
-    reused, faults drop to ~0, and steps run ~15% (CNN+BN) to ~20% (mini-ResNet) faster.
-    The MLP's tensors are too small to be affected. Does nothing where malloc is not glibc's.
+    same size page-fault it in again, page by page (the CNN's first BN layer alone: ~240 faults
+    per step). With the two thresholds raised, freed blocks are reused and the faults stop;
+    `python bench.py --default-malloc` shows the difference: here the bare CNN+BN and
+    mini-ResNet steps ran 9-26% faster with it. The MLP's tensors are too small to be
+    affected. Does nothing where malloc is not glibc's.
     """
     if not sys.platform.startswith("linux"):
         return

@@ -126,7 +126,7 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "resnet"])
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="torch's intra-op threads (default: torch's choice for this machine)")
+                        help="torch's intra-op threads; the default is torch's choice for this machine")
     parser.add_argument("--default-malloc", action="store_true",
                         help="skip solver.keep_freed_memory_for_reuse(), to see what it saves")
     args = parser.parse_args(argv)

@@ -49,7 +49,7 @@ MNIST_FILES = {  # file under MNIST/raw/ -> number of dimensions its IDX header 
 }
 # Evaluation batches: 100, not 1,000, because on a CPU the conv nets' activations for 1,000
 # images outgrow the cache; bench.py measured the 10k test images here in 0.14-0.23 s (cnn.py)
-# and 1.4-1.8 s (resnet.py) in batches of 100, against 0.35 s and 3.9-4.9 s in batches of 1,000.
+# and 1.4-1.8 s (resnet.py) in batches of 100, against 0.35-0.37 s and 3.9-4.9 s in batches of 1,000.
 EVAL_BATCH_SIZE = 100
 PROBE_UNIT = 0   # the hidden unit whose input distribution history.json tracks (BN paper, Fig. 1)
 

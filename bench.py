@@ -36,7 +36,7 @@ BATCH = 100
 
 
 def make_optimizer(model):
-    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4, foreach=True)
 
 
 def with_torch_batchnorm(model):

@@ -150,14 +150,16 @@ def main(argv=None):
             # The loop trains a copy, so that the activation probe's hook stays off the bare step.
             loop_model = copy.deepcopy(model)
             probe = solver.InputProbe(loop_model)
+            # In each round the two sides of a ratio run back to back (bare between the loop and
+            # torch's BN), so a change of machine speed between them is as small as it can be.
             measures = {
                 "loop": lambda: time_loop(loop_model, probe, train_x, train_y, args.steps),
-                "dataloader": lambda: time_dataloader(model, args.data_dir, args.steps),
-                "bare": lambda: time_bare(model, batches),
-                "eval": lambda: time_evaluate(model, test_x, test_y)}
+                "bare": lambda: time_bare(model, batches)}
             if bn:
                 torch_bn_model = with_torch_batchnorm(build_model(bn))
                 measures["bare, torch BN"] = lambda: time_bare(torch_bn_model, batches)
+            measures["dataloader"] = lambda: time_dataloader(model, args.data_dir, args.steps)
+            measures["eval"] = lambda: time_evaluate(model, test_x, test_y)
             t = interleaved_times(measures, args.repeats)
             loop, pipeline, bare = (statistics.median(t[key]) * per_epoch for key in ("loop", "dataloader", "bare"))
             bn_ratio = f"{median_ratio(t['bare'], t['bare, torch BN']):.2f}" if bn else "-"

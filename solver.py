@@ -284,7 +284,7 @@ def train_one_epoch(model, optimizer, train_x, train_y, config, history, shuffle
     steps = len(train_x) // batch_size   # drop the incomplete last batch, as DataLoader(drop_last=True)
     order = torch.randperm(len(train_x), generator=shuffle_gen).to(train_x.device)
     iteration = history["train"]["iter"][-1] if history["train"]["iter"] else 0
-    window_loss, window_correct = [], []
+    window_loss, window_logits, window_labels = [], [], []
 
     for step in range(steps):
         batch = order[step * batch_size:(step + 1) * batch_size]
@@ -296,9 +296,11 @@ def train_one_epoch(model, optimizer, train_x, train_y, config, history, shuffle
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        # Keep the numbers as tensors: reading them (.item()) each step would stall a GPU.
+        # Keep the numbers as tensors: reading them (.item()) each step would stall a GPU, and
+        # the accuracy is counted once per window, over all of its steps' logits at once.
         window_loss.append(loss.detach())
-        window_correct.append((logits.argmax(dim=1) == labels).sum())
+        window_logits.append(logits.detach())
+        window_labels.append(labels)
         iteration += 1
 
         if iteration % disp_freq == 0 or step == steps - 1:   # one log line per window
@@ -309,7 +311,8 @@ def train_one_epoch(model, optimizer, train_x, train_y, config, history, shuffle
                 raise SolverError(f"training diverged at iteration {iteration - len(losses) + first_bad + 1} "
                                f"(loss {losses[first_bad].item()}); try a smaller --lr")
             mean_loss = losses.mean().item()
-            accuracy = torch.stack(window_correct).sum().item() / (len(window_correct) * batch_size)
+            predictions = torch.cat(window_logits).argmax(dim=1)
+            accuracy = (predictions == torch.cat(window_labels)).sum().item() / len(predictions)
             history["train"]["iter"].append(iteration)
             history["train"]["loss"].append(mean_loss)
             history["train"]["acc"].append(accuracy)
@@ -318,7 +321,7 @@ def train_one_epoch(model, optimizer, train_x, train_y, config, history, shuffle
                 for key, value in (("iter", iteration), ("p15", p15), ("p50", p50), ("p85", p85)):
                     history["activation"][key].append(value)
             log(f"iter {iteration:6d}  train loss {mean_loss:.4f}  acc {accuracy:.4f}")
-            window_loss, window_correct = [], []
+            window_loss, window_logits, window_labels = [], [], []
 
 
 @torch.inference_mode()

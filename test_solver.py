@@ -66,6 +66,27 @@ def test_random_shift_moves_each_image_and_fills_with_background():
     assert (shifted[:, 0, 0, 0] == background).any()          # the uncovered border
 
 
+def test_random_shift_is_a_whole_image_translation():
+    # Each output must be its input moved as a whole by one (dy, dx), with background filled in.
+    images = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    shifted = solver.random_shift(images, 1, torch.Generator().manual_seed(0))
+    background = -solver.MNIST_MEAN / solver.MNIST_STD
+
+    def translated(image, dy, dx):   # the image moved down by dy and right by dx
+        out = torch.full_like(image, background)
+        out[max(dy, 0):28 + min(dy, 0), max(dx, 0):28 + min(dx, 0)] = \
+            image[max(-dy, 0):28 + min(-dy, 0), max(-dx, 0):28 + min(-dx, 0)]
+        return out
+
+    moves = set()
+    for image, result in zip(images[:, 0], shifted[:, 0]):
+        matches = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                   if torch.equal(result, translated(image, dy, dx))]
+        assert len(matches) == 1
+        moves.add(matches[0])
+    assert len(moves) >= 5   # 32 images spread over the 9 possible moves
+
+
 def test_learning_rate_schedules():
     config = dict(learning_rate=0.1, max_epoch=10, lr_schedule="constant", warmup_epochs=0)
     assert [solver.learning_rate(config, e) for e in (0, 9)] == [0.1, 0.1]

@@ -420,18 +420,30 @@ def run(name, build_model, config, bn_default, argv=None):
     """Parse the command line, train, save after every epoch; exit cleanly on every known failure."""
     args = parse_args(name, config, bn_default, argv)
     out = Path(args.out)
-    resume_command = "python " + shlex.join([f"{name}.py", *(sys.argv[1:] if argv is None else argv)])
-    if not args.resume:
-        resume_command += " --resume"
+    command = "python " + shlex.join([f"{name}.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         _train(name, build_model, effective_config(config, args), args, out)
     except SolverError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {out} keeps the last finished epoch; continue with:\n  {resume_command}",
-              file=sys.stderr)
+        print(f"\ninterrupted: {what_was_kept(out, command, args.resume)}", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:   # whoever read the log stopped reading, as in `python cnn.py | head`
+        # Point stdout at /dev/null, or Python's final flush at exit fails on the closed pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(BrokenPipeError):   # stderr may be the same closed pipe (2>&1)
+            print(f"stopped: the log's reader closed its end; {what_was_kept(out, command, args.resume)}",
+                  file=sys.stderr)
+        sys.exit(1)
+
+
+def what_was_kept(out, command, resumed):
+    """After a stop: what --out holds, and the command that carries on from there."""
+    if (out / "checkpoint.pt").exists():
+        return (f"{out} keeps the last finished epoch; continue with:\n  "
+                f"{command}{'' if resumed else ' --resume'}")
+    return f"no epoch had finished, so nothing was saved; start again with:\n  {command}"
 
 
 def _train(name, build_model, config, args, out):

@@ -276,6 +276,33 @@ def test_ctrl_c_keeps_last_epoch_and_exits_130(tiny_mnist, tmp_path):
     assert checkpoint["epoch"] == len(history["test"]["epoch"]) >= 1
 
 
+def test_closed_log_pipe_stops_cleanly_and_keeps_finished_epochs(tiny_mnist, tmp_path):
+    # `python cnn.py | head`: the reader goes away; the run must stop with one line, no traceback.
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "cnn.py", "--data-dir", str(tiny_mnist), "--out", str(out), "--epochs", "100000",
+         "--batch-size", "10", "--disp-freq", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    deadline = time.time() + 120
+    while not (out / "history.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 1
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert "reader closed" in err and err.rstrip().endswith("--resume")
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] >= 1
+
+
+def test_stop_message_says_whether_there_is_anything_to_resume(tmp_path):
+    assert "nothing was saved" in solver.what_was_kept(tmp_path, "python mlp.py", resumed=False)
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    assert solver.what_was_kept(tmp_path, "python mlp.py", resumed=False).endswith("python mlp.py --resume")
+    assert solver.what_was_kept(tmp_path, "python mlp.py --resume", resumed=True).endswith(
+        "python mlp.py --resume")
+
+
 def test_ctrl_c_between_the_two_files_still_saves_both(tiny_mnist, tmp_path, capsys, monkeypatch):
     # Ctrl-C pressed right after history.json is written, before checkpoint.pt: the checkpoint
     # must still be written, so both files describe the same epoch and --resume stays exact.

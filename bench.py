@@ -19,6 +19,7 @@ import argparse
 import copy
 import importlib
 import statistics
+import sys
 import time
 
 import torch
@@ -121,20 +122,29 @@ def median_ratio(numerators, denominators):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--steps", type=int, default=100, help="training steps per measurement")
-    parser.add_argument("--repeats", type=int, default=5, help="measurements per number (median)")
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "resnet"])
+    parser.add_argument("--steps", type=solver.positive_int, default=100,
+                        help=f"training steps per measurement, at most {STEPS_PER_EPOCH}")
+    parser.add_argument("--repeats", type=solver.positive_int, default=5, help="measurements per number (median)")
+    parser.add_argument("--models", nargs="+", choices=["mlp", "cnn", "resnet"], default=["mlp", "cnn", "resnet"])
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+    parser.add_argument("--threads", type=solver.positive_int, default=torch.get_num_threads(),
                         help="torch's intra-op threads; the default is torch's choice for this machine")
     parser.add_argument("--default-malloc", action="store_true",
                         help="skip solver.keep_freed_memory_for_reuse(), to see what it saves")
     args = parser.parse_args(argv)
+    if args.steps > STEPS_PER_EPOCH:
+        parser.error(f"--steps {args.steps}: at most {STEPS_PER_EPOCH}, one epoch of the training set")
     torch.set_num_threads(args.threads)
     if not args.default_malloc:
         solver.keep_freed_memory_for_reuse()   # as the scripts do
 
-    train_x, train_y, test_x, test_y = solver.load_mnist(args.data_dir, torch.device("cpu"))
+    try:
+        train_x, train_y, test_x, test_y = solver.load_mnist(args.data_dir, torch.device("cpu"))
+    except solver.SolverError as error:
+        sys.exit(f"error: {error}")
+    if args.steps * BATCH > len(train_x):
+        sys.exit(f"error: --steps {args.steps} needs {args.steps * BATCH} training images, "
+                 f"{args.data_dir} has {len(train_x)}; use fewer --steps")
     batches = [(train_x[i * BATCH:(i + 1) * BATCH], train_y[i * BATCH:(i + 1) * BATCH]) for i in range(args.steps)]
     per_epoch = STEPS_PER_EPOCH / args.steps
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; seconds per epoch of "

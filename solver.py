@@ -62,7 +62,7 @@ class SolverError(Exception):
 
 # ----------------------------------------------------------------------------- command line
 
-def _positive_int(text):
+def positive_int(text):
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
@@ -91,7 +91,7 @@ def _momentum(text):
 
 
 # argparse names the expected type in its error message by the function's __name__.
-_positive_int.__name__ = "positive integer"
+positive_int.__name__ = "positive integer"
 _non_negative_int.__name__ = "non-negative integer"
 _non_negative_float.__name__ = "non-negative number"
 _momentum.__name__ = "momentum in [0, 1)"
@@ -103,8 +103,8 @@ def parse_args(name, config, bn_default, argv=None):
     add = parser.add_argument
     add("--bn", action=argparse.BooleanOptionalAction, default=bn_default,
         help="use batchnorm.py's Batch Normalization layers (default: %(default)s)")
-    add("--epochs", type=_positive_int, default=config["max_epoch"], help="(default: %(default)s)")
-    add("--batch-size", type=_positive_int, default=config["batch_size"], help="(default: %(default)s)")
+    add("--epochs", type=positive_int, default=config["max_epoch"], help="(default: %(default)s)")
+    add("--batch-size", type=positive_int, default=config["batch_size"], help="(default: %(default)s)")
     add("--lr", type=_non_negative_float, default=config["learning_rate"],
         help="learning rate, the peak of the cosine schedule (default: %(default)s)")
     add("--lr-schedule", choices=["constant", "cosine"], default=config["lr_schedule"],
@@ -117,7 +117,7 @@ def parse_args(name, config, bn_default, argv=None):
         help="the report's plain config: --lr-schedule constant --warmup-epochs 0 --augment-shift 0")
     add("--weight-decay", type=_non_negative_float, default=config["weight_decay"], help="(default: %(default)s)")
     add("--momentum", type=_momentum, default=config["momentum"], help="(default: %(default)s)")
-    add("--disp-freq", type=_positive_int, default=config["disp_freq"],
+    add("--disp-freq", type=positive_int, default=config["disp_freq"],
         help="iterations per log line (default: %(default)s)")
     add("--seed", type=int, default=0, help="(default: %(default)s)")
     add("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="(default: %(default)s)")

@@ -16,6 +16,7 @@ import argparse
 import importlib
 import json
 import math
+import pickle
 import sys
 from pathlib import Path
 
@@ -40,13 +41,28 @@ def case_name(history):
            f"{'with' if history['bn'] else 'without'} BN"
 
 
+HISTORY_KEYS = ("model", "bn", "params", "config", "device", "train", "test", "epoch_time_s",
+                "train_time_s", "best_test_acc")
+MODELS = ("mlp", "cnn", "resnet")
+
+
 def load_runs(run_dirs):
+    """(folder, history) per run; a folder that is not a finished-epoch run of ours stops with one line."""
     runs = []
     for run_dir in run_dirs:
         path = Path(run_dir) / "history.json"
         if not path.exists():
             sys.exit(f"error: {path} not found; give folders written by mlp.py, cnn.py or resnet.py (--out)")
-        runs.append((Path(run_dir), json.loads(path.read_text())))
+        try:
+            history = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            sys.exit(f"error: {path} is not valid JSON ({error}); train that run again or leave its folder out")
+        missing = [key for key in HISTORY_KEYS if key not in history] if isinstance(history, dict) else HISTORY_KEYS
+        if missing or history["model"] not in MODELS:
+            sys.exit(f"error: {path} was not written by mlp.py, cnn.py or resnet.py "
+                     f"({'it lacks ' + ', '.join(missing) if missing else 'unknown model ' + repr(history['model'])}); "
+                     "leave its folder out")
+        runs.append((Path(run_dir), history))
     return runs
 
 
@@ -238,7 +254,11 @@ def main(argv=None):
     else:
         for run_dir, history in runs:
             if (run_dir / "checkpoint.pt").exists():
-                written += plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out)
+                try:
+                    written += plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out)
+                except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
+                    print(f"skipping {run_label(history)}'s confusion matrix and mistakes: "
+                          f"{run_dir / 'checkpoint.pt'} cannot be used ({type(error).__name__})", file=sys.stderr)
 
     table = comparison_table([history for _, history in runs])
     (out / "table.md").write_text(table)

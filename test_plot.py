@@ -70,3 +70,25 @@ def test_plot_without_runs_is_a_clear_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         plot.main([])
     assert "no runs found" in str(stop.value.code)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{broken", "is not valid JSON"),
+    ('{"model": "mlp"}', "it lacks bn, params"),
+    ("[1, 2]", "it lacks model"),
+    (json.dumps(dict(synthetic_history(True, 300), model="os")), "unknown model 'os'"),
+])
+def test_a_folder_that_is_not_our_run_is_a_one_line_error(tmp_path, content, message):
+    (tmp_path / "history.json").write_text(content)
+    with pytest.raises(SystemExit) as stop:
+        plot.main([str(tmp_path), "--out", str(tmp_path / "figures")])
+    assert message in str(stop.value.code) and str(stop.value.code).startswith("error:")
+
+
+def test_an_unusable_checkpoint_skips_only_its_confusion_matrix(two_runs, tmp_path, tiny_mnist, capsys):
+    (two_runs[0] / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    out = tmp_path / "figures"
+    plot.main([*map(str, two_runs), "--out", str(out), "--data-dir", str(tiny_mnist)])
+    names = {p.name for p in out.iterdir()}
+    assert "mlp_confusion.png" in names and "mlp_bn_confusion.png" not in names and "table.md" in names
+    assert "skipping mlp_bn's confusion matrix" in capsys.readouterr().err

@@ -62,6 +62,15 @@ def time_loop(model, probe, train_x, train_y, steps):
     return time.perf_counter() - start
 
 
+def sgd_step(model, optimizer, images, labels):
+    """Forward, backward and update: the work every way of training has to do."""
+    loss = F.cross_entropy(model(images), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def time_dataloader(model, data_dir, steps):
     dataset = torchvision.datasets.MNIST(data_dir, train=True, transform=transforms.Compose([
         transforms.ToTensor(), transforms.Normalize((solver.MNIST_MEAN,), (solver.MNIST_STD,))]))
@@ -72,11 +81,7 @@ def time_dataloader(model, data_dir, steps):
     for step, (images, labels) in enumerate(loader):
         if step == steps:
             break
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        loss.item()   # the usual running-loss bookkeeping
+        sgd_step(model, optimizer, images, labels).item()   # the usual running-loss bookkeeping
     return time.perf_counter() - start
 
 
@@ -85,10 +90,7 @@ def time_bare(model, batches):
     model.train()
     start = time.perf_counter()
     for images, labels in batches:
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        sgd_step(model, optimizer, images, labels)
     return time.perf_counter() - start
 
 
@@ -125,7 +127,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=solver.positive_int, default=100,
                         help=f"training steps per measurement, at most {STEPS_PER_EPOCH}")
     parser.add_argument("--repeats", type=solver.positive_int, default=5, help="measurements per number (median)")
-    parser.add_argument("--models", nargs="+", choices=["mlp", "cnn", "resnet"], default=["mlp", "cnn", "resnet"])
+    parser.add_argument("--models", nargs="+", choices=solver.MODEL_SCRIPTS, default=list(solver.MODEL_SCRIPTS))
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--threads", type=solver.positive_int, default=torch.get_num_threads(),
                         help="torch's intra-op threads; the default is torch's choice for this machine")

@@ -41,9 +41,7 @@ def case_name(history):
            f"{'with' if history['bn'] else 'without'} BN"
 
 
-HISTORY_KEYS = ("model", "bn", "params", "config", "device", "train", "test", "epoch_time_s",
-                "train_time_s", "best_test_acc")
-MODELS = ("mlp", "cnn", "resnet")
+HISTORY_KEYS = tuple(solver.new_history("", False, 0, {}, "cpu"))   # every key solver.py writes
 
 
 def load_runs(run_dirs):
@@ -58,7 +56,7 @@ def load_runs(run_dirs):
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             sys.exit(f"error: {path} is not valid JSON ({error}); train that run again or leave its folder out")
         missing = [key for key in HISTORY_KEYS if key not in history] if isinstance(history, dict) else HISTORY_KEYS
-        if missing or history["model"] not in MODELS:
+        if missing or history["model"] not in solver.MODEL_SCRIPTS:
             sys.exit(f"error: {path} was not written by mlp.py, cnn.py or resnet.py "
                      f"({'it lacks ' + ', '.join(missing) if missing else 'unknown model ' + repr(history['model'])}); "
                      "leave its folder out")

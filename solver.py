@@ -54,6 +54,7 @@ MNIST_FILES = {  # file under MNIST/raw/ -> number of dimensions its IDX header 
 # and 1.4-1.8 s (resnet.py) in batches of 100, against 0.35-0.37 s and 3.9-4.9 s in batches of 1,000.
 EVAL_BATCH_SIZE = 100
 PROBE_UNIT = 0   # the hidden unit whose input distribution history.json tracks (BN paper, Fig. 1)
+MODEL_SCRIPTS = ("mlp", "cnn", "resnet")   # the scripts that train with this solver
 
 
 class SolverError(Exception):

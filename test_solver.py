@@ -258,14 +258,20 @@ def test_resume_refuses_missing_or_mismatched_checkpoint(tiny_mnist, tmp_path, c
     assert code == 1 and message in err
 
 
-def test_ctrl_c_keeps_last_epoch_and_exits_130(tiny_mnist, tmp_path):
-    out = tmp_path / "run"
+def start_endless_run(data_dir, out, *flags):
+    """`python cnn.py` in a subprocess, returned once its first epoch is saved in `out`."""
     process = subprocess.Popen(
-        [sys.executable, "cnn.py", "--data-dir", str(tiny_mnist), "--out", str(out), "--epochs", "100000",
-         "--batch-size", "10"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "cnn.py", "--data-dir", str(data_dir), "--out", str(out), "--epochs", "100000",
+         "--batch-size", "10", *flags], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "history.json").exists() and time.time() < deadline:
         time.sleep(0.2)
+    return process
+
+
+def test_ctrl_c_keeps_last_epoch_and_exits_130(tiny_mnist, tmp_path):
+    out = tmp_path / "run"
+    process = start_endless_run(tiny_mnist, out)
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
@@ -279,13 +285,7 @@ def test_ctrl_c_keeps_last_epoch_and_exits_130(tiny_mnist, tmp_path):
 def test_closed_log_pipe_stops_cleanly_and_keeps_finished_epochs(tiny_mnist, tmp_path):
     # `python cnn.py | head`: the reader goes away; the run must stop with one line, no traceback.
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "cnn.py", "--data-dir", str(tiny_mnist), "--out", str(out), "--epochs", "100000",
-         "--batch-size", "10", "--disp-freq", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    deadline = time.time() + 120
-    while not (out / "history.json").exists() and time.time() < deadline:
-        time.sleep(0.2)
+    process = start_endless_run(tiny_mnist, out, "--disp-freq", "1")
     process.stdout.close()
     err = process.stderr.read()
     assert process.wait(timeout=60) == 1

@@ -36,8 +36,7 @@ STEPS_PER_EPOCH = 600
 BATCH = 100
 
 
-def make_optimizer(model):
-    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4, foreach=True)
+SGD_CONFIG = {"learning_rate": 0.01, "momentum": 0.9, "weight_decay": 1e-4}   # for solver.make_optimizer
 
 
 def with_torch_batchnorm(model):
@@ -54,7 +53,7 @@ def with_torch_batchnorm(model):
 def time_loop(model, probe, train_x, train_y, steps):
     config = {"batch_size": BATCH, "disp_freq": 50, "augment_shift": 0}
     history = solver.new_history("bench", False, 0, config, "cpu")
-    optimizer = make_optimizer(model)
+    optimizer = solver.make_optimizer(model, SGD_CONFIG)
     x, y = train_x[:steps * BATCH], train_y[:steps * BATCH]
     start = time.perf_counter()
     solver.train_one_epoch(model, optimizer, x, y, config, history, torch.Generator().manual_seed(0),
@@ -75,7 +74,7 @@ def time_dataloader(model, data_dir, steps):
     dataset = torchvision.datasets.MNIST(data_dir, train=True, transform=transforms.Compose([
         transforms.ToTensor(), transforms.Normalize((solver.MNIST_MEAN,), (solver.MNIST_STD,))]))
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True)
-    optimizer = make_optimizer(model)
+    optimizer = solver.make_optimizer(model, SGD_CONFIG)
     model.train()
     start = time.perf_counter()
     for step, (images, labels) in enumerate(loader):
@@ -86,7 +85,7 @@ def time_dataloader(model, data_dir, steps):
 
 
 def time_bare(model, batches):
-    optimizer = make_optimizer(model)
+    optimizer = solver.make_optimizer(model, SGD_CONFIG)
     model.train()
     start = time.perf_counter()
     for images, labels in batches:

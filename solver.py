@@ -229,6 +229,13 @@ def load_mnist(data_dir, device):
 
 # ----------------------------------------------------------------------------- training
 
+def make_optimizer(model, config):
+    """SGD with the config's learning rate, momentum and weight decay (bench.py times the same)."""
+    # foreach: one call updates every parameter (the same numbers as the per-tensor loop, fewer calls)
+    return torch.optim.SGD(model.parameters(), lr=config["learning_rate"], momentum=config["momentum"],
+                           weight_decay=config["weight_decay"], foreach=True)
+
+
 def learning_rate(config, epoch):
     """The learning rate of epoch `epoch` (0-based), set once per epoch."""
     peak = config["learning_rate"]
@@ -459,9 +466,7 @@ def _train(name, build_model, config, args, out):
     torch.manual_seed(config["seed"])                        # the same initial weights every time
     shuffle_gen = torch.Generator().manual_seed(config["seed"])   # the same batch order every time
     model = build_model(args.bn).to(device)
-    # foreach: one call updates every parameter (the same numbers as the per-tensor loop, fewer calls)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config["learning_rate"], momentum=config["momentum"],
-                                weight_decay=config["weight_decay"], foreach=True)
+    optimizer = make_optimizer(model, config)
     params = sum(p.numel() for p in model.parameters())
     history = new_history(name, args.bn, params, config, device)
     start_epoch = 0

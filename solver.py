@@ -455,8 +455,8 @@ def what_was_kept(out, command, resumed):
 
 
 def _train(name, build_model, config, args, out):
+    device = pick_device(args.device)   # before anything is written: a wrong --device leaves no trace
     prepare_out_dir(out)
-    device = pick_device(args.device)
     keep_freed_memory_for_reuse()
     train_x, train_y, test_x, test_y = load_mnist(args.data_dir, device)
     if config["batch_size"] > len(train_x):

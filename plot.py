@@ -6,7 +6,7 @@
 Per run (from history.json):     <run>_train.png   train loss and accuracy per iteration (report Fig. 3.2)
                                  <run>_test.png    test loss and accuracy per epoch      (report Fig. 3.3)
 Per model with and without BN:   <model>_bn_vs_no_bn.png   the same curves overlaid
-                                 <model>_activation.png    15th/50th/85th percentiles of one first-layer
+  (from activation.json)         <model>_activation.png    15th/50th/85th percentiles of one first-layer
                                                            unit's input during training (BN paper, Fig. 1)
 Per run (from checkpoint.pt and the test set, if --data-dir holds MNIST):
                                  <run>_confusion.png, <run>_mistakes.png (most confident errors)
@@ -64,6 +64,17 @@ def load_runs(run_dirs):
     return runs
 
 
+def load_activation(run_dir):
+    """The run's activation.json (one unit's input percentiles), or None if it has none or it is unreadable."""
+    path = Path(run_dir) / "activation.json"
+    try:
+        activation = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    keys = ("unit", "iter", "p15", "p50", "p85")
+    return activation if isinstance(activation, dict) and all(k in activation for k in keys) else None
+
+
 # ----------------------------------------------------------------------------- curves
 
 def _save(fig, path):
@@ -119,19 +130,22 @@ def plot_bn_comparison(with_bn, without_bn, out):
 
 
 def plot_activation(with_bn, without_bn, out):
-    """BN paper Fig. 1: the distribution of one hidden unit's input over training, without and with BN."""
+    """BN paper Fig. 1: the distribution of one hidden unit's input over training, without and with BN.
+
+    with_bn, without_bn: (history, activation) of the two runs, activation as in activation.json.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, history in zip(axes, (without_bn, with_bn)):
-        act = history["activation"]
+    for ax, (history, act) in zip(axes, (without_bn, with_bn)):
         for key, style in (("p85", ":"), ("p50", "-"), ("p15", "--")):
             ax.plot(act["iter"], act[key], style, color=BN_COLORS[history["bn"]], label=f"{key[1:]}th percentile")
         ax.set_title(case_name(history))
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
         ax.legend()
-    axes[0].set_ylabel(f"input of first ReLU, unit {with_bn['activation']['unit']}")
-    fig.suptitle(f"{with_bn['model']}: how one first-layer unit's input distribution moves during training")
-    return _save(fig, out / f"{with_bn['model']}_activation.png")
+    model = with_bn[0]["model"]
+    axes[0].set_ylabel(f"input of first ReLU, unit {with_bn[1]['unit']}")
+    fig.suptitle(f"{model}: how one first-layer unit's input distribution moves during training")
+    return _save(fig, out / f"{model}_activation.png")
 
 
 # ----------------------------------------------------------------------------- table
@@ -238,12 +252,16 @@ def main(argv=None):
     for _, history in runs:
         written += plot_run(history, out)
     by_model = {}
-    for _, history in runs:
-        by_model.setdefault(history["model"], {})[history["bn"]] = history
+    for run_dir, history in runs:
+        by_model.setdefault(history["model"], {})[history["bn"]] = (history, load_activation(run_dir))
     for pair in by_model.values():
         if len(pair) == 2:
-            written.append(plot_bn_comparison(pair[True], pair[False], out))
-            written.append(plot_activation(pair[True], pair[False], out))
+            written.append(plot_bn_comparison(pair[True][0], pair[False][0], out))
+            if pair[True][1] and pair[False][1]:
+                written.append(plot_activation(pair[True], pair[False], out))
+            else:
+                print(f"skipping {pair[True][0]['model']}_activation.png: a run of it has no readable "
+                      "activation.json", file=sys.stderr)
 
     try:
         _, _, test_x, test_y = solver.load_mnist(args.data_dir, torch.device("cpu"))

@@ -7,7 +7,7 @@ A model script (mlp.py, cnn.py, resnet.py) holds its network and a `config` dict
     load_mnist      the four MNIST files -> four tensors, loaded once, normalised once
     train_one_epoch one pass over a fresh permutation, batches taken by indexing
     evaluate        test loss and accuracy over the 10k test set
-    run             the epochs, history.json and checkpoint.pt after each one, --resume
+    run             the epochs, history.json, activation.json and checkpoint.pt after each one, --resume
 
 config keys (the report's values in mlp.py / cnn.py; resnet.py sets its own):
     learning_rate  SGD step size (the report: 0.1)
@@ -53,7 +53,7 @@ MNIST_FILES = {  # file under MNIST/raw/ -> number of dimensions its IDX header 
 # images outgrow the cache; bench.py measured the 10k test images here in 0.14-0.23 s (cnn.py)
 # and 1.4-1.8 s (resnet.py) in batches of 100, against 0.35-0.37 s and 3.9-4.9 s in batches of 1,000.
 EVAL_BATCH_SIZE = 100
-PROBE_UNIT = 0   # the hidden unit whose input distribution history.json tracks (BN paper, Fig. 1)
+PROBE_UNIT = 0   # the hidden unit whose input distribution activation.json tracks (BN paper, Fig. 1)
 MODEL_SCRIPTS = ("mlp", "cnn", "resnet")   # the scripts that train with this solver
 
 
@@ -125,7 +125,8 @@ def parse_args(name, config, bn_default, argv=None):
     add("--data-dir", default="data",
         help="folder holding (or receiving) MNIST/raw/; offline here: ../shared/data (default: %(default)s)")
     add("--out", default=None,
-        help=f"where history.json and checkpoint.pt go (default: runs/{name}, or runs/{name}_bn with --bn)")
+        help=f"where history.json, activation.json and checkpoint.pt go "
+             f"(default: runs/{name}, or runs/{name}_bn with --bn)")
     add("--resume", action="store_true", help="continue from checkpoint.pt in --out")
     args = parser.parse_args(argv)
     if args.plain:
@@ -264,14 +265,16 @@ def random_shift(images, max_shift, generator):
 
 
 class InputProbe:
-    """Keeps the latest input of the model's first ReLU, for the BN paper's Figure 1 view.
+    """Records how the input of the model's first ReLU moves during training (BN paper, Fig. 1).
 
-    A forward hook only keeps a reference (no work per iteration); once per disp_freq window
-    `percentiles` reads the 15th, 50th and 85th percentiles of one unit (channel) of it.
+    A forward hook only keeps a reference to the latest input (no work per iteration); once per
+    disp_freq window `record_window` appends the 15th, 50th and 85th percentiles of one unit
+    (channel) of it to `self.record`, which run() saves as activation.json beside history.json.
     """
 
     def __init__(self, model, unit=PROBE_UNIT):
-        self.unit, self.latest = unit, None
+        self.latest = None
+        self.record = {"layer": "input of the first ReLU", "unit": unit, "iter": [], "p15": [], "p50": [], "p85": []}
         first_relu = next((m for m in model.modules() if isinstance(m, nn.ReLU)), None)
         self.found = first_relu is not None
         if self.found:
@@ -280,9 +283,12 @@ class InputProbe:
     def _keep(self, module, inputs, output):
         self.latest = inputs[0]
 
-    def percentiles(self):
-        values = self.latest.detach()[:, self.unit].flatten().float()
-        return torch.quantile(values, torch.tensor([0.15, 0.50, 0.85], device=values.device)).tolist()
+    def record_window(self, iteration):
+        values = self.latest.detach()[:, self.record["unit"]].flatten().float()
+        quantiles = torch.tensor([0.15, 0.50, 0.85], device=values.device)
+        for key, value in zip(("p15", "p50", "p85"), torch.quantile(values, quantiles).tolist()):
+            self.record[key].append(value)
+        self.record["iter"].append(iteration)
 
 
 def train_one_epoch(model, optimizer, train_x, train_y, config, history, shuffle_gen, probe, log):
@@ -325,9 +331,7 @@ def train_one_epoch(model, optimizer, train_x, train_y, config, history, shuffle
             history["train"]["loss"].append(mean_loss)
             history["train"]["acc"].append(accuracy)
             if probe.found:
-                p15, p50, p85 = probe.percentiles()
-                for key, value in (("iter", iteration), ("p15", p15), ("p50", p50), ("p85", p85)):
-                    history["activation"][key].append(value)
+                probe.record_window(iteration)
             log(f"iter {iteration:6d}  train loss {mean_loss:.4f}  acc {accuracy:.4f}")
             window_loss, window_logits, window_labels = [], [], []
 
@@ -371,14 +375,15 @@ def ctrl_c_held_back():
             signal.raise_signal(signal.SIGINT)   # now the usual KeyboardInterrupt
 
 
-def save_run(out, history, checkpoint):
-    """Write history.json and checkpoint.pt for the same epoch.
+def save_run(out, history, activation, checkpoint):
+    """Write history.json, activation.json and checkpoint.pt for the same epoch.
 
-    Ctrl-C is held back while both are written: pressed between the two files it would leave
+    Ctrl-C is held back while the three are written: pressed between two files it would leave
     a history one epoch ahead of the checkpoint that --resume continues from.
     """
     with ctrl_c_held_back():
         save_atomically(out / "history.json", lambda p: p.write_text(json.dumps(history, indent=1)))
+        save_atomically(out / "activation.json", lambda p: p.write_text(json.dumps(activation, indent=1)))
         save_atomically(out / "checkpoint.pt", lambda p: torch.save(checkpoint, p))
 
 
@@ -416,10 +421,7 @@ def new_history(name, bn, params, config, device):
     return {"model": name, "bn": bn, "params": params, "config": config, "device": str(device),
             "train": {"iter": [], "loss": [], "acc": []},
             "test": {"epoch": [], "loss": [], "acc": []},
-            "epoch_time_s": [], "train_time_s": 0.0, "best_test_acc": None,
-            # Beyond the report: the input distribution of one first-layer unit (BN paper, Fig. 1).
-            "activation": {"layer": "input of the first ReLU", "unit": PROBE_UNIT,
-                           "iter": [], "p15": [], "p50": [], "p85": []}}
+            "epoch_time_s": [], "train_time_s": 0.0, "best_test_acc": None}
 
 
 # ----------------------------------------------------------------------------- the whole run
@@ -480,6 +482,8 @@ def _train(name, build_model, config, args, out):
         history["config"] = config
         print(f"resuming {out} after epoch {start_epoch}")
     probe = InputProbe(model)
+    if args.resume:
+        probe.record = checkpoint["activation"]
 
     print(f"{name}{' with BN' if args.bn else ''}: {params:,} parameters, {device}, "
           f"{config['max_epoch']} epochs, writing to {out}")
@@ -503,11 +507,11 @@ def _train(name, build_model, config, args, out):
         history["epoch_time_s"].append(epoch_time)
         history["train_time_s"] = sum(history["epoch_time_s"])
         history["best_test_acc"] = max(history["test"]["acc"])
-        save_run(out, history, {
+        save_run(out, history, probe.record, {
             "model": name, "bn": args.bn, "epoch": epoch + 1,
             "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
             "shuffle_rng": shuffle_gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "history": history})
+            "history": history, "activation": probe.record})
         print(f"epoch {epoch + 1:3d}  test loss {test_loss:.4f}  acc {test_acc:.4f}  "
               f"lr {lr:.4g}  epoch time {epoch_time:.1f}s", flush=True)
 

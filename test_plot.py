@@ -19,9 +19,11 @@ def synthetic_history(bn, crosses_90_at):
         "train": {"iter": iters, "loss": [1 / it for it in iters], "acc": acc},
         "test": {"epoch": [1, 2], "loss": [0.2, 0.1], "acc": [0.95, 0.96]},
         "epoch_time_s": [40.0, 45.5], "train_time_s": 85.5, "best_test_acc": 0.96,
-        "activation": {"layer": "input of the first ReLU", "unit": 0, "iter": iters,
-                       "p15": [-1.0] * 20, "p50": [0.0] * 20, "p85": [1.0] * 20},
     }
+
+
+SYNTHETIC_ACTIVATION = {"layer": "input of the first ReLU", "unit": 0, "iter": list(range(50, 1001, 50)),
+                        "p15": [-1.0] * 20, "p50": [0.0] * 20, "p85": [1.0] * 20}
 
 
 @pytest.fixture
@@ -31,6 +33,7 @@ def two_runs(tmp_path):
         run_dir = tmp_path / f"mlp{'_bn' if bn else ''}"
         run_dir.mkdir()
         (run_dir / "history.json").write_text(json.dumps(synthetic_history(bn, crossing)))
+        (run_dir / "activation.json").write_text(json.dumps(SYNTHETIC_ACTIVATION))
         torch.manual_seed(0)
         torch.save({"model_state": mlp.build_model(bn).state_dict()}, run_dir / "checkpoint.pt")
         dirs.append(run_dir)
@@ -92,3 +95,12 @@ def test_an_unusable_checkpoint_skips_only_its_confusion_matrix(two_runs, tmp_pa
     names = {p.name for p in out.iterdir()}
     assert "mlp_confusion.png" in names and "mlp_bn_confusion.png" not in names and "table.md" in names
     assert "skipping mlp_bn's confusion matrix" in capsys.readouterr().err
+
+
+def test_a_run_without_activation_json_skips_only_that_figure(two_runs, tmp_path, tiny_mnist, capsys):
+    (two_runs[1] / "activation.json").unlink()
+    out = tmp_path / "figures"
+    plot.main([*map(str, two_runs), "--out", str(out), "--data-dir", str(tiny_mnist)])
+    names = {p.name for p in out.iterdir()}
+    assert "mlp_activation.png" not in names and "mlp_bn_vs_no_bn.png" in names and "table.md" in names
+    assert "skipping mlp_activation.png" in capsys.readouterr().err

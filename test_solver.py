@@ -135,8 +135,7 @@ def test_short_run_writes_history_and_checkpoint(tiny_mnist, tmp_path):
     out = tmp_path / "run"
     train(cnn, tiny_mnist, out, "--bn", "--epochs", "2", "--batch-size", "50")
     history = json.loads((out / "history.json").read_text())
-    assert HISTORY_KEYS <= set(history)
-    assert set(history) - HISTORY_KEYS == {"activation"}
+    assert set(history) == HISTORY_KEYS                               # exactly the keys
     assert history["model"] == "cnn" and history["bn"] is True and history["params"] == 2_174
     assert history["config"]["batch_size"] == 50 and history["device"] == "cpu"
     assert history["train"]["iter"] == list(range(1, 13))             # 6 steps per epoch, disp_freq 1
@@ -146,9 +145,10 @@ def test_short_run_writes_history_and_checkpoint(tiny_mnist, tmp_path):
     assert len(history["epoch_time_s"]) == 2
     assert math.isclose(history["train_time_s"], sum(history["epoch_time_s"]))
     assert history["best_test_acc"] == max(history["test"]["acc"])
-    activation = history["activation"]
-    assert activation["iter"] == history["train"]["iter"]
+    activation = json.loads((out / "activation.json").read_text())   # the BN paper's Fig. 1 view
+    assert activation["unit"] == solver.PROBE_UNIT and activation["iter"] == history["train"]["iter"]
     assert all(a <= b <= c for a, b, c in zip(activation["p15"], activation["p50"], activation["p85"]))
+    assert len(set(activation["p50"])) > 1                            # it moves as the weights change
 
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)   # no code can run from it
     assert checkpoint["epoch"] == 2 and checkpoint["model"] == "cnn"
@@ -171,7 +171,8 @@ def test_same_seed_same_numbers_and_resume_ends_where_uninterrupted_run_ends(tin
     split = json.loads((tmp_path / "split" / "history.json").read_text())
     assert split["test"] == whole["test"]          # loss and accuracy of every epoch, exactly
     assert split["train"] == whole["train"]
-    assert split["activation"] == whole["activation"]
+    activation = [json.loads((tmp_path / run / "activation.json").read_text()) for run in ("whole", "split")]
+    assert activation[0] == activation[1]
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(),

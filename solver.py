@@ -482,8 +482,8 @@ def _train(name, build_model, config, args, out):
         history["config"] = config
         print(f"resuming {out} after epoch {start_epoch}")
     probe = InputProbe(model)
-    if args.resume:
-        probe.record = checkpoint["activation"]
+    if args.resume:   # a checkpoint from before activation.json kept the record in its history
+        probe.record = checkpoint.get("activation") or history.pop("activation", probe.record)
 
     print(f"{name}{' with BN' if args.bn else ''}: {params:,} parameters, {device}, "
           f"{config['max_epoch']} epochs, writing to {out}")

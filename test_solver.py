@@ -175,6 +175,20 @@ def test_same_seed_same_numbers_and_resume_ends_where_uninterrupted_run_ends(tin
     assert activation[0] == activation[1]
 
 
+def test_resume_from_a_checkpoint_that_kept_the_activation_in_its_history(tiny_mnist, tmp_path):
+    # Checkpoints written before activation.json existed kept the record as history["activation"].
+    flags = ["--batch-size", "50", "--plain"]
+    train(cnn, tiny_mnist, tmp_path, *flags, "--epochs", "1")
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    checkpoint["history"]["activation"] = checkpoint.pop("activation")
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    train(cnn, tiny_mnist, tmp_path, *flags, "--epochs", "2", "--resume")
+    history = json.loads((tmp_path / "history.json").read_text())
+    activation = json.loads((tmp_path / "activation.json").read_text())
+    assert set(history) == HISTORY_KEYS
+    assert activation["iter"] == history["train"]["iter"] == list(range(1, 13))
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(),
                     reason=f"real MNIST not found in {SHARED_DATA}/MNIST/raw")
 def test_one_epoch_of_the_mlp_on_real_mnist(tmp_path):

@@ -256,11 +256,12 @@ def main(argv=None):
         by_model.setdefault(history["model"], {})[history["bn"]] = (history, load_activation(run_dir))
     for pair in by_model.values():
         if len(pair) == 2:
-            written.append(plot_bn_comparison(pair[True][0], pair[False][0], out))
-            if pair[True][1] and pair[False][1]:
+            (bn_history, bn_activation), (plain_history, plain_activation) = pair[True], pair[False]
+            written.append(plot_bn_comparison(bn_history, plain_history, out))
+            if bn_activation and plain_activation:
                 written.append(plot_activation(pair[True], pair[False], out))
             else:
-                print(f"skipping {pair[True][0]['model']}_activation.png: a run of it has no readable "
+                print(f"skipping {bn_history['model']}_activation.png: a run of it has no readable "
                       "activation.json", file=sys.stderr)
 
     try:

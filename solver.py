@@ -471,6 +471,7 @@ def _train(name, build_model, config, args, out):
     optimizer = make_optimizer(model, config)
     params = sum(p.numel() for p in model.parameters())
     history = new_history(name, args.bn, params, config, device)
+    probe = InputProbe(model)
     start_epoch = 0
     if args.resume:
         checkpoint = load_checkpoint(out, name, args.bn)
@@ -480,10 +481,9 @@ def _train(name, build_model, config, args, out):
         torch.set_rng_state(checkpoint["torch_rng"])
         history, start_epoch = checkpoint["history"], checkpoint["epoch"]
         history["config"] = config
-        print(f"resuming {out} after epoch {start_epoch}")
-    probe = InputProbe(model)
-    if args.resume:   # a checkpoint from before activation.json kept the record in its history
+        # a checkpoint written before activation.json kept the probe's record in its history
         probe.record = checkpoint.get("activation") or history.pop("activation", probe.record)
+        print(f"resuming {out} after epoch {start_epoch}")
 
     print(f"{name}{' with BN' if args.bn else ''}: {params:,} parameters, {device}, "
           f"{config['max_epoch']} epochs, writing to {out}")

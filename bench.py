@@ -17,7 +17,6 @@ turns, so the ratios are fair on a machine whose speed drifts.
 """
 import argparse
 import copy
-import importlib
 import statistics
 import sys
 import time
@@ -30,10 +29,15 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 import batchnorm
+import cnn
+import mlp
+import plumbing
+import resnet
 import solver
 
 STEPS_PER_EPOCH = 600
 BATCH = 100
+MODELS = {"mlp": mlp, "cnn": cnn, "resnet": resnet}   # name -> model script
 
 
 SGD_CONFIG = {"learning_rate": 0.01, "momentum": 0.9, "weight_decay": 1e-4}   # for solver.make_optimizer
@@ -42,7 +46,7 @@ SGD_CONFIG = {"learning_rate": 0.01, "momentum": 0.9, "weight_decay": 1e-4}   # 
 def with_torch_batchnorm(model):
     """The same model with each batchnorm.py layer replaced by torch.nn's (momentum 1 - ours)."""
     for name, child in model.named_children():
-        if isinstance(child, batchnorm._BatchNorm):
+        if isinstance(child, batchnorm.BatchNorm):
             torch_cls = nn.BatchNorm1d if isinstance(child, batchnorm.BatchNorm1d) else nn.BatchNorm2d
             setattr(model, name, torch_cls(child.num_features, eps=child.eps, momentum=1 - child.momentum))
         else:
@@ -56,8 +60,8 @@ def time_loop(model, probe, train_x, train_y, steps):
     optimizer = solver.make_optimizer(model, SGD_CONFIG)
     x, y = train_x[:steps * BATCH], train_y[:steps * BATCH]
     start = time.perf_counter()
-    solver.train_one_epoch(model, optimizer, x, y, config, history, torch.Generator().manual_seed(0),
-                           probe, log=lambda text: None)
+    solver.train_one_epoch(model, optimizer, (x, y), config, 0, torch.Generator().manual_seed(0),
+                           history, on_window=probe.record_window)
     return time.perf_counter() - start
 
 
@@ -123,21 +127,21 @@ def median_ratio(numerators, denominators):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--steps", type=solver.positive_int, default=100,
+    parser.add_argument("--steps", type=plumbing.positive_int, default=100,
                         help=f"training steps per measurement, at most {STEPS_PER_EPOCH}")
-    parser.add_argument("--repeats", type=solver.positive_int, default=5, help="measurements per number (median)")
-    parser.add_argument("--models", nargs="+", choices=solver.MODEL_SCRIPTS, default=list(solver.MODEL_SCRIPTS))
+    parser.add_argument("--repeats", type=plumbing.positive_int, default=5, help="measurements per number (median)")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--threads", type=solver.positive_int, default=torch.get_num_threads(),
+    parser.add_argument("--threads", type=plumbing.positive_int, default=torch.get_num_threads(),
                         help="torch's intra-op threads; the default is torch's choice for this machine")
     parser.add_argument("--default-malloc", action="store_true",
-                        help="skip solver.keep_freed_memory_for_reuse(), to see what it saves")
+                        help="skip plumbing.keep_freed_memory_for_reuse(), to see what it saves")
     args = parser.parse_args(argv)
     if args.steps > STEPS_PER_EPOCH:
         parser.error(f"--steps {args.steps}: at most {STEPS_PER_EPOCH}, one epoch of the training set")
     torch.set_num_threads(args.threads)
     if not args.default_malloc:
-        solver.keep_freed_memory_for_reuse()   # as the scripts do
+        plumbing.keep_freed_memory_for_reuse()   # as the scripts do
 
     try:
         train_x, train_y, test_x, test_y = solver.load_mnist(args.data_dir, torch.device("cpu"))
@@ -154,7 +158,7 @@ def main(argv=None):
             "| our BN / torch BN (step) | eval 10k (s) |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in args.models:
-        build_model = importlib.import_module(name).build_model
+        build_model = MODELS[name].build_model
         for bn in (False, True):
             torch.manual_seed(0)
             model = build_model(bn)

@@ -1,7 +1,7 @@
 """Figures and tables from saved runs: the report's, and views it never had.
 
     python plot.py                       # every run under runs/, figures into figures/
-    python plot.py runs/cnn runs/cnn_bn --out figures
+    python plot.py runs/cnn runs/cnn_bn --figures figures
 
 Per run (from history.json):     <run>_train.png   train loss and accuracy per iteration (report Fig. 3.2)
                                  <run>_test.png    test loss and accuracy per epoch      (report Fig. 3.3)
@@ -13,7 +13,6 @@ Per run (from checkpoint.pt and the test set, if --data-dir holds MNIST):
 All runs:                        table.md, the report's Tables 3.1/3.2 (also printed)
 """
 import argparse
-import importlib
 import json
 import math
 import pickle
@@ -26,9 +25,15 @@ matplotlib.use("Agg")   # headless: files only, no window
 import matplotlib.pyplot as plt
 import torch
 
+import cnn
+import mlp
+import resnet
 import solver
 
 DPI = 110
+MODELS = {"mlp": mlp, "cnn": cnn, "resnet": resnet}   # history["model"] -> the script that trained it
+HISTORY_KEYS = ("model", "bn", "params", "config", "device", "train", "test",
+                "epoch_time_s", "train_time_s", "best_test_acc")   # every key solver.new_history has
 BN_COLORS = {True: "tab:blue", False: "tab:orange"}
 
 
@@ -39,9 +44,6 @@ def run_label(history):
 def case_name(history):
     return f"{history['model'].upper() if history['model'] != 'resnet' else 'mini-ResNet'} " \
            f"{'with' if history['bn'] else 'without'} BN"
-
-
-HISTORY_KEYS = tuple(solver.new_history("", False, 0, {}, "cpu"))   # every key solver.py writes
 
 
 def load_runs(run_dirs):
@@ -56,7 +58,7 @@ def load_runs(run_dirs):
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             sys.exit(f"error: {path} is not valid JSON ({error}); train that run again or leave its folder out")
         missing = [key for key in HISTORY_KEYS if key not in history] if isinstance(history, dict) else HISTORY_KEYS
-        if missing or history["model"] not in solver.MODEL_SCRIPTS:
+        if missing or history["model"] not in MODELS:
             sys.exit(f"error: {path} was not written by mlp.py, cnn.py or resnet.py "
                      f"({'it lacks ' + ', '.join(missing) if missing else 'unknown model ' + repr(history['model'])}); "
                      "leave its folder out")
@@ -185,7 +187,7 @@ def comparison_table(histories):
 @torch.inference_mode()
 def predictions(run_dir, history, test_x):
     """Softmax outputs of the saved model on the test set (the scripts' own build_model)."""
-    model = importlib.import_module(history["model"]).build_model(history["bn"])
+    model = MODELS[history["model"]].build_model(history["bn"])
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True, map_location="cpu")
     model.load_state_dict(checkpoint["model_state"])
     model.eval()
@@ -237,7 +239,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("runs", nargs="*", help="run folders (default: every folder under runs/ with a history.json)")
-    parser.add_argument("--out", default="figures", help="where the PNGs and table.md go")
+    parser.add_argument("--figures", "--out", dest="figures", default="figures",
+                        help="where the PNGs and table.md go (--out: the same, its older name)")
     parser.add_argument("--data-dir", default="data", help="MNIST for the confusion matrix and mistakes")
     args = parser.parse_args(argv)
 
@@ -245,7 +248,7 @@ def main(argv=None):
     if not run_dirs:
         sys.exit("error: no runs found under runs/; train one first (python cnn.py --bn) or name run folders")
     runs = load_runs(run_dirs)
-    out = Path(args.out)
+    out = Path(args.figures)
     out.mkdir(parents=True, exist_ok=True)
 
     written = []

@@ -282,15 +282,22 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+def command_line(script, argv=None):
+    """`python script ...` as typed: with sys.argv's arguments unless argv is given."""
+    return "python " + shlex.join([script, *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_stop_message(out, script, argv=None, resumed=False):
+    """For one_line_failures: what a run's `out` kept, and the command that continues it."""
+    return lambda: what_was_kept(out, command_line(script, argv), resumed)
+
+
 @contextlib.contextmanager
-def one_line_failures(out, script, argv=None, resumed=False):
+def one_line_failures(stop_message):
     """Map every failure a user can cause or choose to one line on stderr and an exit code.
 
-    After a stop the message says what `out` kept and the command (`script` with its
-    arguments, sys.argv's unless `argv` is given) that continues from there.
+    stop_message() says, after Ctrl-C, SIGTERM or a closed pipe, what was kept and how to go on.
     """
-    command = "python " + shlex.join([script, *(sys.argv[1:] if argv is None else argv)])
-    stop_message = lambda: what_was_kept(out, command, resumed)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)

@@ -238,7 +238,8 @@ def run(name, build_model, config, bn_default, argv=None):
     """Parse the command line, train, save after every epoch; exit cleanly on known failures."""
     args = parse_args(name, config, bn_default, argv)
     out = Path(args.out)
-    with plumbing.one_line_failures(out, f"{name}.py", argv, args.resume):
+    stop_message = plumbing.run_stop_message(out, f"{name}.py", argv, args.resume)
+    with plumbing.one_line_failures(stop_message):
         device = plumbing.pick_device(args.device)   # a wrong --device leaves no trace
         with plumbing.claimed_out_dir(out):          # one run at a time in a folder
             _run(name, build_model, effective_config(config, args), args, out, device)

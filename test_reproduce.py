@@ -1,0 +1,99 @@
+"""reproduce.py on the tiny IDX data: the five runs and plot.py end to end, skipping what is
+done, resuming what was interrupted, refusing to overwrite a run with another config."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import mlp
+import plumbing
+import reproduce
+import solver
+from test_solver import REPO
+
+
+def reproduce_cmd(tiny_mnist, out, *flags):
+    return [sys.executable, "reproduce.py", "--data-dir", str(tiny_mnist), "--device", "cpu",
+            "--out", str(out), *flags]
+
+
+def test_epochs_1_runs_all_five_then_plots_and_a_second_call_skips_them(tiny_mnist, tmp_path):
+    result = subprocess.run(reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "1"), cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    runs = tmp_path / "epochs_1"   # a folder of its own, never mixed with the full runs
+    for label in ("mlp", "mlp_bn", "cnn", "cnn_bn", "resnet_bn"):
+        history = json.loads((runs / label / "history.json").read_text())
+        assert history["test"]["epoch"] == [1] and history["config"]["max_epoch"] == 1
+    table = (runs / "figures" / "table.md").read_text()
+    assert "| MLP with BN |" in table and "| `python cnn.py --bn --epochs 1` |" in table
+    assert (runs / "figures" / "cnn_bn_vs_no_bn.png").exists()
+    assert "[5/5]" in result.stdout and "wall time" in result.stdout
+
+    again = subprocess.run(reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "1"), cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already finished") == 5
+
+
+def test_an_interrupted_run_is_resumed_and_another_config_is_left_alone(tiny_mnist, tmp_path, monkeypatch):
+    runs = [reproduce.Run(name, flags, reproduce.parse_args(["--out", str(tmp_path), "--epochs", "2"]))
+            for name, flags in reproduce.RUNS]
+    # mlp: stopped after the first of its two epochs, as by a Ctrl-C there
+    save = plumbing.save_files
+
+    def save_then_stop(files):
+        save(files)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plumbing, "save_files", save_then_stop)
+    with pytest.raises(SystemExit):
+        solver.run("mlp", mlp.build_model, mlp.config, False, argv=[
+            "--epochs", "2", "--data-dir", str(tiny_mnist), "--device", "cpu", "--out", str(runs[0].out)])
+    monkeypatch.undo()
+    assert runs[0].state() == "resume"
+    # mlp_bn: a run with another learning rate
+    subprocess.run([sys.executable, "mlp.py", "--bn", "--epochs", "2", "--lr", "0.05", "--data-dir", str(tiny_mnist),
+                    "--device", "cpu", "--out", str(runs[1].out)], cwd=REPO, check=True, capture_output=True)
+    other_before = (runs[1].out / "history.json").read_text()
+    assert runs[1].state() == "other"
+
+    result = subprocess.run(reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "2"), cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert f"python mlp.py --epochs 2 --data-dir {tiny_mnist}" in result.stdout and "--resume" in result.stdout
+    assert "holds a run with another config" in result.stdout
+    assert str(runs[1].out) in result.stderr and "Traceback" not in result.stderr
+    assert (runs[1].out / "history.json").read_text() == other_before   # not overwritten
+    resumed = json.loads((runs[0].out / "history.json").read_text())
+    assert resumed["test"]["epoch"] == [1, 2]
+
+
+def test_ctrl_c_stops_the_run_in_flight_and_says_how_to_continue(tiny_mnist, tmp_path):
+    process = subprocess.Popen(reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "100000"), cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    history = tmp_path / "epochs_100000" / "mlp" / "history.json"
+    deadline = time.time() + 120
+    while not history.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in err and err.rstrip().endswith("--epochs 100000")
+    assert "reproduce.py" in err
+    assert json.loads(history.read_text())["test"]["epoch"][0] == 1   # the finished epochs are kept
+
+
+def test_time_left_comes_from_measured_epochs(tmp_path):
+    args = reproduce.parse_args(["--out", str(tmp_path), "--epochs", "4"])
+    runs = [reproduce.Run(name, flags, args) for name, flags in reproduce.RUNS]
+    assert reproduce.time_left(runs) is None   # nothing timed yet
+    for run in runs:
+        run.out.mkdir(parents=True)
+        history = {"config": run.config, "test": {"epoch": [1]}, "epoch_time_s": [2.0]}
+        (run.out / "history.json").write_text(json.dumps(history))
+        (run.out / "checkpoint.pt").write_bytes(b"")
+    assert reproduce.time_left(runs) == pytest.approx(5 * 3 * 2.0)   # 3 epochs left of each, 2 s each

@@ -215,3 +215,78 @@ def test_freed_tensor_memory_stays_in_the_heap_for_reuse(mode):
         assert memory["mmapped"] == 0 and memory["heap_free_after"] >= 16 * 2**20
     else:   # the control: without the call the same tensor is mmapped and given back
         assert memory["mmapped"] >= 16 * 2**20 and memory["mmap_returned"] == memory["mmapped"]
+
+
+def test_sigterm_stops_like_ctrl_c_and_exits_143(tiny_mnist, tmp_path):
+    # `timeout 600 python mlp.py --bn` ends with SIGTERM: the finished epochs stay, one line says how to go on.
+    out = tmp_path / "run"
+    process = start_endless_run(tiny_mnist, out)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143
+    assert "Traceback" not in err and "terminated" in err and err.rstrip().endswith("--resume")
+    history = json.loads((out / "history.json").read_text())
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == len(history["test"]["epoch"]) >= 1
+    assert not list(out.glob("*.tmp"))
+
+
+def folder_snapshot(folder):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_a_second_run_into_a_busy_folder_stops_at_once_and_touches_nothing(tiny_mnist, tmp_path, capsys):
+    train(mlp, tiny_mnist, tmp_path, "--epochs", "1", "--batch-size", "50")
+    capsys.readouterr()
+    with plumbing.claimed_out_dir(tmp_path):   # as a run in another terminal holds it
+        before = folder_snapshot(tmp_path)
+        code, err = exit_code_and_stderr(capsys, lambda: train(mlp, tiny_mnist, tmp_path, "--epochs", "2",
+                                                               "--batch-size", "50", "--resume"))
+        assert folder_snapshot(tmp_path) == before
+    assert code == 1 and f"a run is writing to {tmp_path}" in err
+    assert len(err.strip().splitlines()) == 1
+    train(mlp, tiny_mnist, tmp_path, "--epochs", "2", "--batch-size", "50", "--resume")   # free again
+
+
+def test_a_run_killed_outright_leaves_no_lock_behind(tiny_mnist, tmp_path):
+    out = tmp_path / "run"
+    process = start_endless_run(tiny_mnist, out)
+    process.kill()   # SIGKILL: no handler runs, nothing is cleaned up
+    process.communicate(timeout=60)
+    epoch = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
+    train(cnn, tiny_mnist, out, "--batch-size", "10", "--epochs", str(epoch + 1), "--resume")
+    assert json.loads((out / "history.json").read_text())["test"]["epoch"][-1] == epoch + 1
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO, errno.EACCES])
+@pytest.mark.parametrize("failing", ["history.json", "activation.json", "checkpoint.pt"])
+def test_a_failed_save_names_the_file_and_keeps_the_last_epoch(tiny_mnist, tmp_path, capsys, monkeypatch,
+                                                               error, failing):
+    train(mlp, tiny_mnist, tmp_path, "--epochs", "1", "--batch-size", "50")
+    capsys.readouterr()
+    before = folder_snapshot(tmp_path)
+    write_file = plumbing.write_temporary
+
+    def fail_on(path, write):
+        if path.name == failing + ".tmp":
+            write(path)   # half a file is on the disk when the disk fills
+            raise OSError(error, os.strerror(error))
+        write_file(path, write)
+
+    monkeypatch.setattr(plumbing, "write_temporary", fail_on)
+    code, err = exit_code_and_stderr(capsys, lambda: train(mlp, tiny_mnist, tmp_path, "--epochs", "2",
+                                                           "--batch-size", "50", "--resume"))
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(tmp_path / failing) in err and os.strerror(error) in err
+    assert folder_snapshot(tmp_path) == before   # the first epoch's three files, and no stray .tmp
+
+
+def test_a_full_disk_during_torch_save_is_an_os_error():
+    # torch.save into a Python file object reports a full disk as OSError, which save_files
+    # turns into one line; given a path, it would raise an opaque RuntimeError instead.
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    with pytest.raises(OSError) as failure:
+        plumbing.torch_writer({"weights": torch.zeros(10_000)})(plumbing.Path("/dev/full"))
+    assert failure.value.errno == errno.ENOSPC

@@ -25,6 +25,8 @@ The backward pass of eq. 2.1 is derived by hand in `BatchNormFunction` below; `b
 is the same forward written straight from eq. 2.1 for autograd to differentiate, kept for
 comparison (test_batchnorm.py shows both agree with each other and with torch.nn.BatchNorm).
 """
+import copy
+
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -55,13 +57,20 @@ class BatchNormFunction(torch.autograd.Function):
         dL/dx       = g_hat * inv_std + dL/dsigma^2 * 2 (x - mu_B) / m + dL/dmu_B / m
     which collapses to the closed form computed below:
         dL/dx = gamma * inv_std / m * (m * g - sum(g) - x_hat * sum(g * x_hat))
+    `batch_norm_backward_by_steps` runs the four lines above one intermediate at a time, as a
+    derivation to execute and check; the closed form is the one used because it needs three
+    passes over the data and no buffer beyond the one it returns, where the steps make five
+    full-size temporaries (bench.py times both).
+
+    With detach_stats=True, mu_B and sigma_B^2 are treated as constants (the BN paper's
+    section 2 warns against it): only the direct path is left, dL/dx = gamma * inv_std * g.
 
     Returns y and, as non-differentiable extras, the batch mean and biased variance that the
     layer needs for its running estimates (computed once, here, rather than a second time).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):
+    def forward(ctx, x, weight, bias, eps, detach_stats=False):
         stat_shape, reduce_dims = _stat_shape_and_dims(x)
         # Two passes (mean, then the mean of squared deviations) rather than torch.var_mean,
         # whose Welford reduction over several axes is several times slower on CPU.
@@ -73,6 +82,7 @@ class BatchNormFunction(torch.autograd.Function):
         y = (x_hat * weight.view(stat_shape)).add_(bias.view(stat_shape))   # gamma * x_hat + beta
         # x_hat (not x) is what backward needs; keeping it costs the same memory as keeping x.
         ctx.save_for_backward(x_hat, weight, inv_std)
+        ctx.detach_stats = detach_stats
         batch_mean, batch_var = mean.view(-1), var.view(-1)
         ctx.mark_non_differentiable(batch_mean, batch_var)
         return y, batch_mean, batch_var
@@ -89,7 +99,9 @@ class BatchNormFunction(torch.autograd.Function):
         sum_g_xhat = g_xhat.sum(dim=reduce_dims)              # dL/dgamma
 
         grad_x = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and ctx.detach_stats:   # the direct path only
+            grad_x = grad_y * (weight.view(stat_shape) * inv_std)
+        elif ctx.needs_input_grad[0]:
             # gamma * inv_std / m * (m*g - sum(g) - x_hat*sum(g*x_hat))
             #   = scale * g - scale * mean(g) - x_hat * scale * mean(g*x_hat),  scale = gamma * inv_std,
             # computed in three passes into g_xhat's memory, which is free now that its sum is
@@ -98,7 +110,33 @@ class BatchNormFunction(torch.autograd.Function):
             grad_x = torch.mul(x_hat, scale * (sum_g_xhat / -m).view(stat_shape), out=g_xhat)
             grad_x.addcmul_(grad_y, scale)
             grad_x.sub_(scale * (sum_g / m).view(stat_shape))
-        return grad_x, sum_g_xhat, sum_g, None
+        return grad_x, sum_g_xhat, sum_g, None, None
+
+
+def batch_norm_backward_by_steps(grad_y, x, weight, eps=1e-5):
+    """The backward of eq. 2.1 one intermediate at a time, as BatchNormFunction derives it.
+
+    Returns (dL/dx, dL/dgamma, dL/dbeta) for upstream gradient grad_y = dL/dy. The lesson's
+    version of CS231n's first backward: each line is one line of the chain rule.
+    """
+    stat_shape, reduce_dims = _stat_shape_and_dims(x)
+    m = x.numel() // x.shape[1]
+    total = lambda t: t.sum(dim=reduce_dims, keepdim=True)            # sum over a channel's m values
+    gamma = weight.view(stat_shape)
+    # the forward again, keeping every intermediate
+    mu = total(x) / m                                                   # mu_B
+    centred = x - mu                                                    # x - mu_B
+    var = total(centred ** 2) / m                                       # sigma_B^2
+    inv_std = 1 / torch.sqrt(var + eps)
+    x_hat = centred * inv_std
+    # backward, from y = gamma * x_hat + beta down to x
+    grad_bias = total(grad_y)                                           # dL/dbeta
+    grad_weight = total(grad_y * x_hat)                                 # dL/dgamma
+    grad_x_hat = grad_y * gamma                                         # dL/dx_hat
+    grad_var = total(grad_x_hat * centred) * -0.5 * inv_std ** 3        # dL/dsigma^2
+    grad_mu = total(-grad_x_hat * inv_std) + grad_var * total(-2 * centred) / m   # dL/dmu_B
+    grad_x = grad_x_hat * inv_std + grad_var * 2 * centred / m + grad_mu / m       # dL/dx
+    return grad_x, grad_weight.view(-1), grad_bias.view(-1)
 
 
 def batch_norm_reference(x, weight, bias, eps=1e-5):
@@ -117,11 +155,12 @@ class BatchNorm(nn.Module):
     input_rank = None   # set by the subclasses
     input_layout = None
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.9):
+    def __init__(self, num_features, eps=1e-5, momentum=0.9, detach_stats=False):
         super().__init__()
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
+        self.detach_stats = detach_stats   # True: the backward treats mu_B, sigma_B^2 as constants
         self.weight = nn.Parameter(torch.ones(num_features))    # gamma
         self.bias = nn.Parameter(torch.zeros(num_features))     # beta
         # Buffers, not parameters: saved in state_dict() and moved by .to(), but not trained.
@@ -129,7 +168,8 @@ class BatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features))
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        detach = ", detach_stats=True" if self.detach_stats else ""
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{detach}"
 
     def _check_input(self, x):
         name = type(self).__name__
@@ -149,7 +189,8 @@ class BatchNorm(nn.Module):
         if not self.training:
             return self._normalize_with_running_stats(x)
 
-        y, batch_mean, batch_var = BatchNormFunction.apply(x, self.weight, self.bias, self.eps)
+        y, batch_mean, batch_var = BatchNormFunction.apply(x, self.weight, self.bias, self.eps,
+                                                           self.detach_stats)
         with torch.no_grad():   # eq. 2.2
             m = x.numel() // x.shape[1]
             # The running variance estimates the population variance used at test time, so it
@@ -180,3 +221,73 @@ class BatchNorm2d(BatchNorm):
     """Batch normalization of input (N, C, H, W): statistics per channel over N, H and W."""
     input_rank = 4
     input_layout = "(N, C, H, W)"
+
+
+# ----------------------------------------------------------------------------- after training
+
+def batchnorm_layers(model):
+    return [m for m in model.modules() if isinstance(m, BatchNorm)]
+
+
+@torch.no_grad()
+def fold_batchnorm(model):
+    """A copy of `model` for inference in which BN is merged into the layer before it.
+
+    In evaluation BN is a fixed affine map per channel (BN paper, Algorithm 2):
+        y = scale * x + (beta - scale * running_mean),  scale = gamma / sqrt(running_var + eps)
+    so a BN that directly follows an nn.Linear or nn.Conv2d in an nn.Sequential folds into it:
+        W' = scale * W (per output channel),   b' = (b - running_mean) * scale + beta
+    and is replaced by nn.Identity(). The copy is in eval mode; `model` is left as it was.
+    """
+    folded = copy.deepcopy(model).eval()
+    for sequential in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
+        names = list(sequential._modules)
+        for before, name in zip(names, names[1:]):
+            layer, bn = sequential._modules[before], sequential._modules[name]
+            if isinstance(bn, BatchNorm) and isinstance(layer, (nn.Linear, nn.Conv2d)):
+                scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+                bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
+                layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.dim() - 1)))
+                layer.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+                sequential._modules[name] = nn.Identity()
+    return folded
+
+
+@torch.no_grad()
+def recalibrate(model, batches):
+    """Population statistics for every BN layer, the BN paper's Algorithm 2 (steps 8-11).
+
+    The equal-sized batches go through the model with batch statistics, as in training; then
+    each layer's running_mean becomes the mean of its batch means, E[x], and running_var
+    m / (m - 1) times the mean of its batch variances, Var[x]. No parameter changes. This
+    replaces the momentum average, which weights the last batches most, and by weights that
+    were still moving. Returns the model in eval mode.
+    """
+    layers = batchnorm_layers(model)
+    sums = {layer: [0, 0, 0] for layer in layers}   # sum of means, sum of variances, batches
+
+    def record(layer, inputs):
+        x = inputs[0]
+        stat_shape, reduce_dims = _stat_shape_and_dims(x)
+        mean = x.mean(dim=reduce_dims)
+        var = (x - mean.view(stat_shape)).square().mean(dim=reduce_dims)   # biased, as eq. 2.1
+        sums[layer][0] += mean
+        sums[layer][1] += var
+        sums[layer][2] += 1
+        layer.values_per_channel = x.numel() // x.shape[1]
+
+    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
+    model.train()
+    try:
+        for batch in batches:
+            model(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for layer in layers:
+        mean_sum, var_sum, count = sums[layer]
+        m = layer.values_per_channel
+        layer.running_mean.copy_(mean_sum / count)
+        layer.running_var.copy_(var_sum / count * (m / (m - 1)))
+        del layer.values_per_channel
+    return model.eval()

@@ -25,10 +25,11 @@ config = {
 }
 
 
-def build_model(bn: bool) -> nn.Module:
+def build_model(bn: bool, bias: bool = False) -> nn.Module:
+    """bias=True gives the hidden linear layers a bias (experiments.py's `detach` study)."""
     def hidden(n_in, n_out):
         # linear -> [BN] -> ReLU: BN normalises the input of each nonlinearity, as in the BN paper
-        return [nn.Linear(n_in, n_out, bias=False), *([BatchNorm1d(n_out)] if bn else []), nn.ReLU()]
+        return [nn.Linear(n_in, n_out, bias=bias), *([BatchNorm1d(n_out)] if bn else []), nn.ReLU()]
 
     return nn.Sequential(
         nn.Flatten(),                 # (N, 1, 28, 28) -> (N, 784)

@@ -7,6 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+import batchnorm
+import cnn
+import mlp
+import resnet
 from batchnorm import BatchNorm1d, BatchNorm2d, BatchNormFunction, batch_norm_reference
 
 TOL = dict(rtol=1e-9, atol=1e-9)
@@ -202,6 +206,129 @@ def test_bad_input_raises_value_error(layer, shape, message):
 def test_one_value_per_channel_is_fine_in_eval():
     layer = BatchNorm1d(4).eval()
     assert layer(torch.randn(1, 4)).shape == (1, 4)
+
+
+# ----------------------------------------------------------------------------- after training
+
+def with_random_statistics(model, dtype, seed=0):
+    """The model in `dtype` with every BN's gamma, beta and running estimates made non-trivial."""
+    model = model.to(dtype)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in batchnorm.batchnorm_layers(model):
+            c = layer.num_features
+            layer.weight.copy_(torch.rand(c, generator=gen, dtype=dtype) + 0.5)
+            layer.bias.copy_(torch.randn(c, generator=gen, dtype=dtype))
+            layer.running_mean.copy_(torch.randn(c, generator=gen, dtype=dtype))
+            layer.running_var.copy_(torch.rand(c, generator=gen, dtype=dtype) + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("script", [mlp, cnn, resnet])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_folded_model_gives_the_same_eval_outputs(script, dtype, tol):
+    torch.manual_seed(0)
+    model = with_random_statistics(script.build_model(True), dtype)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = batchnorm.fold_batchnorm(model)
+    assert not batchnorm.batchnorm_layers(folded) and not folded.training
+    x = torch.randn(5, 1, 28, 28, dtype=dtype)
+    torch.testing.assert_close(folded(x), model(x), rtol=tol, atol=tol)
+    after = model.state_dict()   # the model passed in is untouched, BN layers and all
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert len(batchnorm.batchnorm_layers(model)) == sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+                                                         for m in model.modules()) - 1   # all but the head
+
+
+def test_folding_equals_torchs_fusion_utilities():
+    from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+    torch.manual_seed(1)
+    model = with_random_statistics(nn.Sequential(nn.Conv2d(2, 3, 3), BatchNorm2d(3), nn.Flatten(),
+                                                 nn.Linear(3 * 4 * 4, 4, bias=False), BatchNorm1d(4)),
+                                   torch.float64)
+    folded = batchnorm.fold_batchnorm(model)
+    for index in (0, 3):
+        layer, bn = model[index], model[index + 1]
+        fuse = fuse_conv_bn_weights if isinstance(layer, nn.Conv2d) else fuse_linear_bn_weights
+        args = (bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+        if fuse is fuse_linear_bn_weights:
+            bias = layer.bias if layer.bias is not None else torch.zeros(4, dtype=torch.float64)
+            weight, bias = fuse(layer.weight, bias, *args)
+        else:
+            weight, bias = fuse(layer.weight, layer.bias, *args)
+        torch.testing.assert_close(folded[index].weight, weight, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(folded[index].bias, bias, rtol=1e-12, atol=1e-12)
+        assert isinstance(folded[index + 1], nn.Identity)
+
+
+@pytest.mark.parametrize("shape,conv", [((8, 5), False), ((6, 2, 5, 5), True)])
+def test_recalibrate_equals_torchs_cumulative_average(shape, conv):
+    torch.manual_seed(2)
+
+    def network(norm1, norm2):
+        if conv:
+            return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), norm2(3), nn.ReLU(), nn.Conv2d(3, 4, 3), norm2(4))
+        return nn.Sequential(nn.Linear(5, 4), norm1(4), nn.ReLU(), nn.Linear(4, 3), norm1(3))
+
+    ours = network(BatchNorm1d, BatchNorm2d).double()
+    theirs = network(lambda c: nn.BatchNorm1d(c, momentum=None),
+                     lambda c: nn.BatchNorm2d(c, momentum=None)).double()
+    theirs.load_state_dict(ours.state_dict(), strict=False)   # the same weights, gamma and beta
+    batches = [torch.randn(shape, dtype=torch.float64) * 3 + 1 for _ in range(5)]
+    parameters = [p.clone() for p in ours.parameters()]
+    theirs.train()
+    with torch.no_grad():
+        for batch in batches:
+            theirs(batch)
+    assert batchnorm.recalibrate(ours, batches) is ours and not ours.training
+    for mine, torchs in zip(batchnorm.batchnorm_layers(ours), [m for m in theirs if isinstance(m, nn.modules.batchnorm._BatchNorm)]):
+        torch.testing.assert_close(mine.running_mean, torchs.running_mean, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(mine.running_var, torchs.running_var, rtol=1e-10, atol=1e-10)
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), parameters))
+
+
+@pytest.mark.parametrize("layer_cls,shape", [(BatchNorm1d, (6, 4)), (BatchNorm2d, (3, 4, 5, 5))])
+def test_detached_statistics_give_the_direct_path_only(layer_cls, shape):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 1
+    upstream = torch.randn(shape, generator=gen, dtype=torch.float64)
+    results = {}
+    for detach in (False, True):
+        layer = layer_cls(shape[1], detach_stats=detach).double()
+        with torch.no_grad():
+            layer.weight.copy_(torch.linspace(0.5, 2, shape[1], dtype=torch.float64))
+        inp = x.clone().requires_grad_()
+        y = layer(inp)
+        (y * upstream).sum().backward()
+        results[detach] = (y, inp.grad, layer.weight.grad, layer.bias.grad, layer)
+    stat_shape, dims = batchnorm._stat_shape_and_dims(x)
+    var = x.var(dim=dims, correction=0, keepdim=True)
+    gamma = results[True][4].weight.detach().view(stat_shape)
+    torch.testing.assert_close(results[True][1], gamma * upstream / torch.sqrt(var + 1e-5), rtol=1e-12, atol=1e-12)
+    for same in (0, 2, 3):   # the forward and the gradients of gamma and beta do not change
+        torch.testing.assert_close(results[True][same], results[False][same], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(results[True][1], results[False][1], atol=1e-3)
+
+    detached = results[True][4]
+    # The true gradient passes gradcheck against the layer's own forward; the detached one fails it.
+    assert torch.autograd.gradcheck(results[False][4], (x.clone().requires_grad_(),))
+    assert not torch.autograd.gradcheck(detached, (x.clone().requires_grad_(),), raise_exception=False)
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (4, 3, 5, 6)])
+def test_backward_by_steps_equals_the_closed_form_and_autograd(shape):
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    gamma = (torch.rand(shape[1], generator=gen, dtype=torch.float64) + 0.5).requires_grad_()
+    beta = torch.randn(shape[1], generator=gen, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(shape, generator=gen, dtype=torch.float64)
+    steps = batchnorm.batch_norm_backward_by_steps(upstream, x.detach(), gamma.detach(), 1e-5)
+    closed = torch.autograd.grad(BatchNormFunction.apply(x, gamma, beta, 1e-5)[0], (x, gamma, beta), upstream)
+    torchs = torch.autograd.grad(torch.nn.functional.batch_norm(x, None, None, gamma, beta, training=True, eps=1e-5),
+                                 (x, gamma, beta), upstream)
+    for by_steps, by_closed_form, by_torch in zip(steps, closed, torchs):
+        torch.testing.assert_close(by_steps, by_closed_form, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(by_steps, by_torch, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

@@ -12,7 +12,9 @@ within each round of measurements) measured three ways:
               transforms through a DataLoader, loss.item() every step
   bare        forward, backward and SGD step over pre-batched tensors, nothing else
 plus, for BN models, the bare step with torch.nn.BatchNorm instead of batchnorm.py's layers,
-and the time to evaluate the 10k test set. All in one process, the measurements taken in
+and the time to evaluate the 10k test set, as trained and with BN folded into the layer before
+it (batchnorm.fold_batchnorm). Last, BN's backward in closed form against the chain rule step
+by step (batchnorm.batch_norm_backward_by_steps). All in one process, the measurements taken in
 turns, so the ratios are fair on a machine whose speed drifts.
 """
 import argparse
@@ -97,10 +99,47 @@ def time_bare(model, batches):
     return time.perf_counter() - start
 
 
-def time_evaluate(model, test_x, test_y):
+def time_evaluate(model, test_x, test_y, fold=False):
+    """The 10k test set in eval mode; fold=True: with BN folded into the layer before it first."""
+    if fold:
+        model = batchnorm.fold_batchnorm(model)   # not timed: done once, after training
     start = time.perf_counter()
     solver.evaluate(model, test_x, test_y)
     return time.perf_counter() - start
+
+
+BACKWARD_SHAPES = {"mlp (100, 128)": (100, 128), "cnn (100, 4, 28, 28)": (100, 4, 28, 28),
+                   "resnet (100, 16, 28, 28)": (100, 16, 28, 28)}
+
+
+def backward_table(repeats, calls=50):
+    """BN's backward in closed form (BatchNormFunction, through autograd) against the chain rule
+    step by step (batch_norm_backward_by_steps); each side includes its forward, ms per call."""
+    rows = ["| BN input | closed form (ms) | step by step (ms) | step by step / closed form |",
+            "| --- | ---: | ---: | ---: |"]
+    for label, shape in BACKWARD_SHAPES.items():
+        x = torch.randn(shape, requires_grad=True)
+        weight = torch.rand(shape[1], requires_grad=True)
+        bias = torch.zeros(shape[1], requires_grad=True)
+        grad_y = torch.randn(shape)
+
+        def closed_form():
+            start = time.perf_counter()
+            for _ in range(calls):
+                y = batchnorm.BatchNormFunction.apply(x, weight, bias, 1e-5)[0]
+                torch.autograd.grad(y, (x, weight, bias), grad_y)
+            return (time.perf_counter() - start) / calls * 1e3
+
+        def by_steps():
+            start = time.perf_counter()
+            for _ in range(calls):
+                batchnorm.batch_norm_backward_by_steps(grad_y, x.detach(), weight.detach())
+            return (time.perf_counter() - start) / calls * 1e3
+
+        t = interleaved_times({"closed": closed_form, "steps": by_steps}, repeats)
+        rows.append(f"| {label} | {statistics.median(t['closed']):.3f} | {statistics.median(t['steps']):.3f} "
+                    f"| {median_ratio(t['steps'], t['closed']):.2f} |")
+    return rows
 
 
 def interleaved_times(measures, repeats):
@@ -155,8 +194,8 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; seconds per epoch of "
           f"{STEPS_PER_EPOCH} steps, from {args.steps} steps, median of {args.repeats}\n")
     rows = ["| model | loop (s/epoch) | dataloader | bare | loop / bare | dataloader / loop "
-            "| our BN / torch BN (step) | eval 10k (s) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "| our BN / torch BN (step) | eval 10k (s) | eval 10k, BN folded (s) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in args.models:
         build_model = MODELS[name].build_model
         for bn in (False, True):
@@ -175,14 +214,17 @@ def main(argv=None):
                 measures["bare, torch BN"] = lambda: time_bare(torch_bn_model, batches)
             measures["dataloader"] = lambda: time_dataloader(model, args.data_dir, args.steps)
             measures["eval"] = lambda: time_evaluate(model, test_x, test_y)
+            if bn:
+                measures["eval, folded"] = lambda: time_evaluate(model, test_x, test_y, fold=True)
             t = interleaved_times(measures, args.repeats)
             loop, pipeline, bare = (statistics.median(t[key]) * per_epoch for key in ("loop", "dataloader", "bare"))
             bn_ratio = f"{median_ratio(t['bare'], t['bare, torch BN']):.2f}" if bn else "-"
+            folded = f"{statistics.median(t['eval, folded']):.3f}" if bn else "-"
             rows.append(f"| {name}{' + BN' if bn else ''} | {loop:.2f} | {pipeline:.2f} | {bare:.2f} "
                         f"| {median_ratio(t['loop'], t['bare']):.2f} | {median_ratio(t['dataloader'], t['loop']):.1f} "
-                        f"| {bn_ratio} | {statistics.median(t['eval']):.3f} |")
+                        f"| {bn_ratio} | {statistics.median(t['eval']):.3f} | {folded} |")
             print(rows[-1], flush=True)
-    print("\n" + "\n".join(rows))
+    print("\n" + "\n".join(rows) + "\n\n" + "\n".join(backward_table(args.repeats)))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ class SolverError(Exception):
     """A problem the user can fix: printed as one line `error: ...`, exit status 1."""
 
 
+class Diverged(SolverError):
+    """The training loss became inf or nan (experiments.py's lr study marks it, a run stops)."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (`timeout`, `kill`, a batch system's limit), stopped the same clean way as Ctrl-C."""
 
@@ -133,7 +137,7 @@ def stop_if_diverged(losses, last_iteration):
     if not finite.all():
         first_bad = int((~finite).nonzero()[0])              # its position in the window
         iteration = last_iteration - len(losses) + 1 + first_bad
-        raise SolverError(f"training diverged at iteration {iteration} "
+        raise Diverged(f"training diverged at iteration {iteration} "
                           f"(loss {losses[first_bad].item()}); try a smaller --lr")
 
 

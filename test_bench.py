@@ -8,9 +8,11 @@ import solver
 def test_bench_runs_every_measurement(tiny_mnist, capsys):
     bench.main(["--steps", "2", "--repeats", "1", "--models", "mlp", "cnn", "--data-dir", str(tiny_mnist)])
     out = capsys.readouterr().out
-    table = out.split("\n\n")[-1].strip().splitlines()
+    table, backward = (part.strip().splitlines() for part in out.split("\n\n")[-2:])
     assert len(table) == 2 + 4   # header, rule, two models without and with BN
     assert table[3].startswith("| mlp + BN |") and table[3].split("|")[7].strip() != "-"
+    assert table[3].split("|")[9].strip() != "-" and table[2].split("|")[9].strip() == "-"   # folded eval
+    assert len(backward) == 2 + 3 and all(float(row.split("|")[4]) > 0 for row in backward[2:])
 
 
 @pytest.mark.parametrize("flags, message", [

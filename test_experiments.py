@@ -1,0 +1,131 @@
+"""experiments.py: every study in --quick mode on the tiny IDX data, writing its JSON and figure,
+with at least one assertion per study that a broken study would fail."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import batchnorm
+import experiments
+
+
+@pytest.fixture(scope="module")
+def quick_run(tiny_mnist, tmp_path_factory):
+    """Every study once, in --quick mode; (results per study, the figures folder)."""
+    root = tmp_path_factory.mktemp("experiments")
+    experiments.main(["all", "--quick", "--data-dir", str(tiny_mnist), "--device", "cpu",
+                      "--out", str(root / "json"), "--figures", str(root / "figures")])
+    results = {study: json.loads((root / "json" / f"{study}.json").read_text()) for study in experiments.STUDIES}
+    return results, root / "figures"
+
+
+def test_every_study_writes_its_json_and_its_figure(quick_run):
+    results, figures = quick_run
+    assert set(results) == {"figure1", "lr", "batch", "momentum", "init", "population", "detach"}
+    for name in experiments.FIGURES.values():
+        assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"bn_paper_figure1.png", "lr_robustness.png", "batch_size.png", "momentum_convention.png",
+            "init_scale.png", "population_statistics.png", "detached_statistics.png"} == set(experiments.FIGURES.values())
+
+
+def test_figure1_network_is_the_papers():
+    for bn in (False, True):
+        network = experiments.figure1_network(bn)
+        linears = [m for m in network if isinstance(m, nn.Linear)]
+        assert [(m.in_features, m.out_features) for m in linears] == [(784, 100), (100, 100), (100, 100), (100, 10)]
+        kinds = [type(m).__name__ for m in network]
+        expected = ["Linear", *(["BatchNorm1d"] if bn else []), "Sigmoid"] * 3
+        assert kinds == ["Flatten", *expected, "Linear"]
+        assert all((m.bias is None) == bn for m in linears[:3])   # beta replaces the bias before BN
+        assert linears[3].bias is not None
+        assert abs(linears[0].weight.std().item() - 0.01) < 0.001   # N(0, 0.01^2)
+
+
+def test_figure1_records_accuracy_and_ordered_percentiles(quick_run):
+    results, _ = quick_run
+    for key in ("no_bn", "bn"):
+        record = results["figure1"][key]
+        assert record["step"] and len(record["test_acc"]) == len(record["step"])
+        assert all(a <= b <= c for a, b, c in zip(record["p15"], record["p50"], record["p85"]))
+    assert results["figure1"]["bn"]["p50"] != results["figure1"]["no_bn"]["p50"]
+
+
+def test_lr_marks_the_failures_of_the_network_without_bn(quick_run):
+    lr = quick_run[0]["lr"]
+    assert len(lr["rates"]) >= 7 and lr["rates"][0] <= 0.01 and lr["rates"][-1] >= 10
+    largest = lr["no_bn"][-1]
+    assert largest["outcome"] == "diverged" and largest["test_acc"] is None
+    for point in lr["no_bn"] + lr["bn"]:
+        if point["outcome"] == "stuck":
+            assert point["test_acc"] <= experiments.CHANCE
+        if point["outcome"] == "ok":
+            assert point["test_acc"] > experiments.CHANCE
+
+
+def test_batch_measures_the_train_eval_gap(quick_run):
+    batch = quick_run[0]["batch"]
+    assert len(batch["sizes"]) >= 6 and batch["sizes"][0] == 2
+    smallest = batch["rows"][0]
+    assert smallest["bn_eval"] != smallest["bn_batch_stats"]   # a forgotten model.eval() is measured
+
+
+def test_batch_statistics_accuracy_leaves_the_running_estimates_alone(tiny_mnist):
+    model = experiments.mlp.build_model(True)
+    before = [layer.running_mean.clone() for layer in batchnorm.batchnorm_layers(model)]
+    experiments.batch_statistics_accuracy(model, torch.randn(20, 1, 28, 28), torch.zeros(20, dtype=torch.int64), 4)
+    assert all(torch.equal(a, layer.running_mean) for a, layer in zip(before, batchnorm.batchnorm_layers(model)))
+
+
+def test_momentum_01_convention_follows_the_last_batches_by_hand(quick_run):
+    runs = quick_run[0]["momentum"]["runs"]
+    assert {(r["batch"], r["momentum"]) for r in runs} == {(100, 0.9), (100, 0.1), (8, 0.9), (8, 0.1)}
+    for run in runs:
+        momentum, batch_means, running = run["momentum"], run["batch_mean"], run["running_mean"]
+        assert len(batch_means) == len(running) >= 2
+        for t in range(1, len(running)):   # eq. 2.2 step by step, from the recorded batch means
+            expected = momentum * running[t - 1] + (1 - momentum) * batch_means[t]
+            assert expected == pytest.approx(running[t], rel=1e-4, abs=1e-5)
+    short = next(r for r in runs if r["momentum"] == 0.1 and len(r["running_mean"]) >= 12)
+    # Under 0.1 the running mean is, to 1e-10 of the old value, the last ten batches weighted by hand
+    by_hand = sum(0.9 * 0.1 ** k * short["batch_mean"][-1 - k] for k in range(10))
+    assert by_hand == pytest.approx(short["running_mean"][-1], rel=1e-4, abs=1e-5)
+
+
+def test_init_covers_the_grid_and_bn_rescues_the_smallest_scale(quick_run):
+    init = quick_run[0]["init"]
+    assert len(init["scales"]) >= 9 and init["scales"][0] <= 1e-4 and init["scales"][-1] >= 10
+    assert init["no_bn"][0]["outcome"] == "stuck"        # weights of 1e-4: nothing gets through
+    assert init["bn"][0]["test_acc"] > init["no_bn"][0]["test_acc"]
+
+
+def test_population_statistics_differ_from_the_momentum_estimates(quick_run):
+    population = quick_run[0]["population"]
+    for name in ("mlp", "cnn"):
+        record = population["models"][name]
+        assert record["epoch"] == list(range(1, population["epochs"] + 1))
+        gaps = record["gaps"][-1]
+        assert len(gaps) == 2 and all(0 < g["mean"] < float("inf") and 0 < g["var"] for g in gaps)
+
+
+def test_detach_shows_the_bias_gradient_is_zero_only_with_the_true_gradient(quick_run):
+    detach = quick_run[0]["detach"]
+    true_ratio = max(b / w for b, w in zip(detach["true"]["bias_grad"], detach["true"]["weight_grad"]))
+    detached_ratio = min(b / w for b, w in zip(detach["detached"]["bias_grad"], detach["detached"]["weight_grad"]))
+    assert true_ratio < 1e-5 < 1e-3 < detached_ratio
+
+
+def test_an_unknown_study_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        experiments.main(["fig1"])
+    assert stop.value.code == 2 and "invalid choice: 'fig1'" in capsys.readouterr().err
+
+
+def test_missing_mnist_is_one_line(tmp_path, capsys, monkeypatch):
+    def no_mnist(data_dir, device):
+        raise experiments.plumbing.SolverError(f"MNIST is not in {data_dir}/MNIST/raw")
+    monkeypatch.setattr(experiments.solver, "load_mnist", no_mnist)
+    with pytest.raises(SystemExit) as stop:
+        experiments.main(["lr", "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and err.strip() == f"error: MNIST is not in {tmp_path}/MNIST/raw"

@@ -183,7 +183,7 @@ def study_figure1(study):
         for p, style in (("p85", ":"), ("p50", "-"), ("p15", "--")):
             ax.plot(results[key]["step"], results[key][p], style, color=COLORS[bn], label=f"{p[1:]}th percentile")
         ax.set(xlabel="training step", ylabel="input of a last-layer sigmoid", title=title)
-        ax.legend()
+        ax.legend(fontsize=7, framealpha=0.6, loc="upper right" if key == "no_bn" else "center right")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle("The BN paper's Figure 1, redone: 3 x 100 sigmoid units, batches of 60")

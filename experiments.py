@@ -54,15 +54,18 @@ class Study:
         plain = dict(lr_schedule="constant", warmup_epochs=0, augment_shift=0, max_epoch=1, seed=self.seed)
         return {**mlp.config, **plain, **overrides}
 
-    def fit(self, build, config, on_window=lambda iteration, model: None,
-            on_epoch=lambda epoch, lr: None, data=None):
-        """Build a model under the seed and train it with solver.train.
-
-        Returns (model, history, outcome), outcome "ok", "diverged" (a non-finite loss stopped
-        it) or "stuck" (finite, but the final test accuracy at chance).
-        """
+    def model(self, build):
+        """build() under the seed, on the device: the same initial weights every time."""
         torch.manual_seed(self.seed)
-        model = build().to(self.device)
+        return build().to(self.device)
+
+    def fit(self, model, config, on_window=lambda iteration, model: None,
+            on_epoch=lambda epoch, lr: None, data=None):
+        """Train the model with solver.train; returns (history, outcome).
+
+        outcome: "ok", "diverged" (a non-finite loss stopped it) or "stuck" (finite, but the
+        final test accuracy at chance).
+        """
         optimizer = solver.make_optimizer(model, config)
         generator = torch.Generator().manual_seed(self.seed)
         history = solver.new_history("experiment", None, 0, config, self.device)
@@ -70,8 +73,8 @@ class Study:
             solver.train(model, optimizer, data or self.data, config, generator, history,
                          on_window=on_window, on_epoch=on_epoch)
         except plumbing.Diverged:
-            return model, history, "diverged"
-        return model, history, "stuck" if history["test"]["acc"][-1] <= CHANCE else "ok"
+            return history, "diverged"
+        return history, "stuck" if history["test"]["acc"][-1] <= CHANCE else "ok"
 
     def progress(self, study, setting, result):
         print(f"{study:10s} {setting:34s} {result:40s} {time.perf_counter() - self.start:7.1f}s", flush=True)
@@ -94,8 +97,8 @@ def accuracy(model, images, labels):
     return acc
 
 
-def mlp_with(bn, **kwargs):
-    return lambda: mlp.build_model(bn, **kwargs)
+def mlp_with(bn):
+    return lambda: mlp.build_model(bn)
 
 
 def show(outcome, acc):
@@ -162,13 +165,10 @@ def study_figure1(study):
                 record[key].append(torch.quantile(unit, q).item())
             model.train()
 
-        def build():
-            network = figure1_network(bn)
-            last_sigmoid = [m for m in network if isinstance(m, nn.Sigmoid)][-1]
-            last_sigmoid.register_forward_pre_hook(keep_input)
-            return network
-
-        _, history, outcome = study.fit(build, config, on_window=on_window, data=data)
+        network = study.model(lambda: figure1_network(bn))
+        last_sigmoid = [m for m in network if isinstance(m, nn.Sigmoid)][-1]
+        last_sigmoid.register_forward_pre_hook(keep_input)
+        _, outcome = study.fit(network, config, on_window=on_window, data=data)
         results["bn" if bn else "no_bn"] = dict(record, outcome=outcome)
         study.progress("figure1", f"{'with' if bn else 'without'} BN, {results['steps']:,} steps",
                        show(outcome, record["test_acc"][-1] if record["test_acc"] else None))
@@ -203,7 +203,8 @@ def study_lr(study):
     results = {"rates": rates, "epochs": epochs, "no_bn": [], "bn": []}
     for bn in (False, True):
         for lr in rates:
-            _, history, outcome = study.fit(mlp_with(bn), study.config(learning_rate=lr, max_epoch=epochs))
+            history, outcome = study.fit(study.model(mlp_with(bn)),
+                                         study.config(learning_rate=lr, max_epoch=epochs))
             acc = history["test"]["acc"][-1] if history["test"]["acc"] and outcome != "diverged" else None
             results["bn" if bn else "no_bn"].append({"lr": lr, "outcome": outcome, "test_acc": acc})
             study.progress("lr", f"{'with' if bn else 'without'} BN, lr {lr:g}", show(outcome, acc))
@@ -254,7 +255,8 @@ def study_batch(study):
                               disp_freq=max(1, 5000 // size))
         row = {"batch": size}
         for bn in (True, False):
-            model, history, outcome = study.fit(mlp_with(bn), config)
+            model = study.model(mlp_with(bn))
+            history, outcome = study.fit(model, config)
             row["bn_eval" if bn else "no_bn"] = history["test"]["acc"][-1] if outcome != "diverged" else None
             if bn:
                 row["bn_batch_stats"] = batch_statistics_accuracy(model, test_x, test_y, size)
@@ -295,28 +297,24 @@ def study_momentum(study):
             config = study.config(batch_size=size, learning_rate=0.1 * size / 100, disp_freq=1)
             total_steps = len(study.data[0]) // size
 
-            def build():
-                model = mlp.build_model(True)
-                first_bn = batchnorm.batchnorm_layers(model)[0]
-                for layer in batchnorm.batchnorm_layers(model):
-                    layer.momentum = momentum
-                first_bn.register_forward_pre_hook(keep_batch_mean)
-                record["layer"] = first_bn
-                return model
+            model = study.model(lambda: mlp.build_model(True))
+            for layer in batchnorm.batchnorm_layers(model):
+                layer.momentum = momentum
+            first_bn, latest = batchnorm.batchnorm_layers(model)[0], {}
 
             def keep_batch_mean(layer, inputs):
-                if layer.training:
-                    record["latest_batch_mean"] = inputs[0][:, 0].mean().item()
+                if layer.training:   # not during the evaluations below
+                    latest["batch_mean"] = inputs[0][:, 0].mean().item()
 
             def on_window(iteration, model):
                 if iteration > total_steps - last:
                     record["step"].append(iteration)
-                    record["batch_mean"].append(record["latest_batch_mean"])
-                    record["running_mean"].append(record["layer"].running_mean[0].item())
+                    record["batch_mean"].append(latest["batch_mean"])
+                    record["running_mean"].append(first_bn.running_mean[0].item())
                     record["test_acc"].append(accuracy(model, test_x, test_y))
 
-            study.fit(build, config, on_window=on_window)
-            del record["layer"], record["latest_batch_mean"]
+            first_bn.register_forward_pre_hook(keep_batch_mean)
+            study.fit(model, config, on_window=on_window)
             results["runs"].append(record)
             accs = record["test_acc"]
             study.progress("momentum", f"batch {size}, momentum {momentum} (ours)",
@@ -363,7 +361,7 @@ def study_init(study):
     results = {"scales": scales, "no_bn": [], "bn": []}
     for bn in (False, True):
         for scale in scales:
-            _, history, outcome = study.fit(scaled_init(bn, scale), study.config())
+            history, outcome = study.fit(study.model(scaled_init(bn, scale)), study.config())
             acc = history["test"]["acc"][-1] if outcome != "diverged" else None
             results["bn" if bn else "no_bn"].append({"scale": scale, "outcome": outcome, "test_acc": acc})
             study.progress("init", f"{'with' if bn else 'without'} BN, s = {scale:g}", show(outcome, acc))
@@ -410,8 +408,9 @@ def study_population(study):
     for name, script in (("mlp", mlp), ("cnn", cnn)):
         record = {"epoch": [], "running_acc": [], "population_acc": [], "gaps": []}
 
-        def on_epoch(epoch, lr, record=record):
-            model = holder["model"]
+        model = study.model(lambda: script.build_model(True))
+
+        def on_epoch(epoch, lr):
             population = copy.deepcopy(model)
             batches = train_x[: len(train_x) // 100 * 100].split(100)   # the whole set, batches of 100
             batchnorm.recalibrate(population, batches)
@@ -421,14 +420,7 @@ def study_population(study):
             record["gaps"].append(estimate_gaps(batchnorm.batchnorm_layers(model),
                                                 batchnorm.batchnorm_layers(population)))
 
-        holder = {}
-
-        def build(script=script):
-            holder["model"] = script.build_model(True)
-            return holder["model"]
-
-        study.fit(build, dict(study.config(max_epoch=epochs), momentum=script.config["momentum"]),
-                  on_epoch=on_epoch)
+        study.fit(model, study.config(max_epoch=epochs), on_epoch=on_epoch)   # the same recipe for both
         results["models"][name] = record
         study.progress("population", f"{name} with BN, {epochs} epochs, constant lr 0.1",
                        f"running {record['running_acc'][-1]:.2%}, population {record['population_acc'][-1]:.2%}")
@@ -467,23 +459,20 @@ def study_detach(study):
     for detach in (False, True):
         record = {"iter": [], "bias_norm": [], "weight_norm": [], "bias_grad": [], "weight_grad": []}
 
-        def build():
-            model = mlp.build_model(True, bias=True)
-            for layer in batchnorm.batchnorm_layers(model):
-                layer.detach_stats = detach
-            hidden = [m for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None]
-            record["bias_norm_at_start"] = sum(m.bias.norm() ** 2 for m in hidden).sqrt().item()
-            return model
+        model = study.model(lambda: mlp.build_model(True, bias=True))
+        for layer in batchnorm.batchnorm_layers(model):
+            layer.detach_stats = detach
+        hidden = [m for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None]
+        record["bias_norm_at_start"] = sum(m.bias.norm() ** 2 for m in hidden).sqrt().item()
 
         def on_window(iteration, model):
-            hidden = [m for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None]
             record["iter"].append(iteration)
             record["bias_norm"].append(sum(m.bias.norm() ** 2 for m in hidden).sqrt().item())
             record["weight_norm"].append(sum(m.weight.norm() ** 2 for m in hidden).sqrt().item())
             record["bias_grad"].append(sum(m.bias.grad.norm() ** 2 for m in hidden).sqrt().item())
             record["weight_grad"].append(sum(m.weight.grad.norm() ** 2 for m in hidden).sqrt().item())
 
-        _, history, outcome = study.fit(build, config, on_window=on_window)
+        history, outcome = study.fit(model, config, on_window=on_window)
         record.update(outcome=outcome, test_acc=history["test"]["acc"], train_loss=history["train"]["loss"])
         results["detached" if detach else "true"] = record
         acc = history["test"]["acc"][-1] if history["test"]["acc"] else None

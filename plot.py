@@ -158,7 +158,7 @@ def converge_iteration(history, threshold):
                 None)
 
 
-def _format_time(seconds):
+def format_time(seconds):
     minutes, seconds = divmod(round(seconds), 60)
     return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
@@ -176,7 +176,7 @@ def comparison_table(histories):
             f"{history['test']['acc'][-1]:.4f}",
             f"{history['best_test_acc']:.4f}",
             f"{history['test']['loss'][-1]:.4f}",
-            _format_time(history["train_time_s"]),
+            format_time(history["train_time_s"]),
             f"{history['params']:,}",
         ]) + " |")
     return "\n".join(rows) + "\n"

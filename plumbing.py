@@ -1,12 +1,11 @@
 """What keeps a run safe and its failures plain. None of it is the lesson: solver.py is.
 
-    value checks     positive_int, non_negative_int, non_negative_float, momentum_value, one_of
-    pick_device      --device, or one line saying the machine lacks it
-    read_mnist       torchvision's MNIST, with a truncated file or a failed download named
-    malloc tuning    keep_freed_memory_for_reuse
-    --out            claimed_out_dir: create it, prove it writable, lock it for this run alone
-    saving           save_files: all temporaries first, then the renames, signals held back
-    resuming         load_checkpoint: a missing, unreadable or mismatched checkpoint named
+    value checks     argparse types (positive_int, ...), pick_device, check_batch_size
+    data files       read_mnist: torchvision's MNIST, a truncated file or a failed download named
+    training         stop_if_diverged; keep_freed_memory_for_reuse, the malloc tuning
+    the output folder  claimed_out_dir: create --out, prove it writable, lock it for this run alone
+    saving           save_files: all temporaries first, then the renames, signals held back;
+                     load_checkpoint: a missing, unreadable or mismatched checkpoint named
     failures         one_line_failures: SolverError, Ctrl-C, SIGTERM and a closed pipe become
                      one line on stderr and an exit code (1, 130, 143, 1), never a traceback
 """
@@ -48,7 +47,7 @@ class Terminated(KeyboardInterrupt):
 # ----------------------------------------------------------------------------- value checks
 
 def _checked(convert, accept, expected):
-    """An argparse type: convert the text, accept it or say in argparse's usage error what was expected."""
+    """An argparse type: convert the text and accept it, or say what was expected (exit 2)."""
     def check(text):
         try:
             value = convert(text)
@@ -72,13 +71,20 @@ def one_of(*names):
 
 def pick_device(requested):
     """torch.device for --device auto|cpu|cuda|mps; auto takes a GPU where there is one."""
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": torch.backends.mps.is_available()}
     if requested == "auto":
         return torch.device("cuda" if available["cuda"] else "mps" if available["mps"] else "cpu")
     if not available[requested]:
         raise SolverError(f"--device {requested} was asked for, but this machine has no "
                           f"{requested.upper()} device; use --device cpu or --device auto")
     return torch.device(requested)
+
+
+def check_batch_size(batch_size, n_images):
+    if batch_size > n_images:
+        raise SolverError(f"--batch-size {batch_size} is larger than the training set "
+                          f"({n_images} images)")
 
 
 # ----------------------------------------------------------------------------- data files
@@ -91,11 +97,13 @@ def check_idx_file(path, expected_ndim):
         if len(header) < 4 or header[:3] != b"\x00\x00\x08" or header[3] != expected_ndim:
             raise SolverError(f"{path} is corrupted: it does not start with an IDX header for "
                               f"{expected_ndim}-D unsigned bytes; delete it and get it again")
-        dims = struct.unpack(f">{expected_ndim}I", f.read(4 * expected_ndim).ljust(4 * expected_ndim, b"\0"))
+        size_fields = f.read(4 * expected_ndim).ljust(4 * expected_ndim, b"\0")
+        dims = struct.unpack(f">{expected_ndim}I", size_fields)
     expected_size = 4 + 4 * expected_ndim + math.prod(dims)
     if size != expected_size:
-        raise SolverError(f"{path} is truncated or corrupted: its header declares {expected_size:,} bytes, "
-                          f"the file has {size:,}; delete it and get it again")
+        raise SolverError(f"{path} is truncated or corrupted: its header declares "
+                          f"{expected_size:,} bytes, the file has {size:,}; "
+                          "delete it and get it again")
 
 
 MNIST_FILES = {"train-images-idx3-ubyte": 3, "train-labels-idx1-ubyte": 1,   # name: dimensions
@@ -120,16 +128,15 @@ def read_mnist(data_dir):
             "a folder holding MNIST/raw/") from None
     for split, dataset in (("training", train_set), ("test", test_set)):
         images, labels = dataset.data, dataset.targets
-        if len(images) != len(labels) or images.shape[1:] != (28, 28) or labels.max() > 9 or labels.min() < 0:
+        shape_ok = len(images) == len(labels) and images.shape[1:] == (28, 28)
+        if not shape_ok or labels.max() > 9 or labels.min() < 0:
             raise SolverError(f"the MNIST {split} files in {raw} do not match each other "
-                              f"({len(images)} images of {tuple(images.shape[1:])}, {len(labels)} labels)")
+                              f"({len(images)} images of {tuple(images.shape[1:])}, "
+                              f"{len(labels)} labels)")
     return train_set, test_set
 
 
-def check_batch_size(batch_size, n_images):
-    if batch_size > n_images:
-        raise SolverError(f"--batch-size {batch_size} is larger than the training set ({n_images} images)")
-
+# ----------------------------------------------------------------------------- training
 
 def stop_if_diverged(losses, last_iteration):
     """Stop with one line at the first non-finite loss of a window that ended at last_iteration."""
@@ -141,16 +148,14 @@ def stop_if_diverged(losses, last_iteration):
                           f"(loss {losses[first_bad].item()}); try a smaller --lr")
 
 
-# ----------------------------------------------------------------------------- memory
-
 def keep_freed_memory_for_reuse():
-    """Ask glibc's malloc to keep freed memory for the next tensor instead of returning it to the OS.
+    """Ask glibc's malloc to keep freed memory for the next tensor, not return it to the OS.
 
     PyTorch takes CPU tensors straight from malloc. By default glibc hands the memory of large
     tensors back to the operating system when they are freed, so the next step's tensors of the
     same size page-fault it in again, page by page (the CNN's first BN layer alone: ~240 faults
     per step). With the two thresholds raised, freed blocks are reused and the faults stop;
-    `python bench.py --default-malloc` shows the difference. Does nothing where malloc is not glibc's.
+    `python bench.py --default-malloc` shows the difference. Does nothing without glibc.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -186,12 +191,13 @@ def claimed_out_dir(out):
             try:
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise SolverError(f"a run is writing to {out} right now (it holds {out / LOCK_NAME}); "
+                raise SolverError(f"a run is writing to {out} right now (it holds "
+                                  f"{out / LOCK_NAME}); "
                                   "wait for it to end or give this one another --out") from None
         yield
 
 
-# ----------------------------------------------------------------------------- saving
+# ----------------------------------------------------------------------------- saving and resuming
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -199,11 +205,12 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 @contextlib.contextmanager
 def stop_signals_held_back():
     """Hold Ctrl-C (SIGINT) and SIGTERM that arrive inside the block; deliver them when it ends."""
-    if threading.current_thread() is not threading.main_thread():   # only the main thread gets signals
+    if threading.current_thread() is not threading.main_thread():   # only it gets signals
         yield
         return
     arrived = []
-    previous = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in STOP_SIGNALS}
+    hold = lambda signum, frame: arrived.append(signum)
+    previous = {s: signal.signal(s, hold) for s in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -247,8 +254,9 @@ def save_files(files):
                 for stray in [*written, tmp]:
                     with contextlib.suppress(OSError):
                         stray.unlink()
-                raise SolverError(f"could not save {path} ({error.strerror or error}); the files of the "
-                                  f"last finished epoch in {path.parent} are unchanged") from None
+                cause = error.strerror or error
+                raise SolverError(f"could not save {path} ({cause}); the files of the last "
+                                  f"finished epoch in {path.parent} are unchanged") from None
             written.append(tmp)
         for tmp, path in zip(written, files):
             os.replace(tmp, path)
@@ -257,10 +265,10 @@ def save_files(files):
 def load_checkpoint(path, name, bn):
     """checkpoint.pt for --resume, if it exists, is readable and holds this script's run."""
     if not path.exists():
-        raise SolverError(f"--resume: there is no checkpoint.pt in {path.parent}; run without --resume "
-                          "to start, or point --out at the run to continue")
+        raise SolverError(f"--resume: there is no checkpoint.pt in {path.parent}; run without "
+                          "--resume to start, or point --out at the run to continue")
     try:
-        checkpoint = torch.load(path, weights_only=True)   # plain data and tensors only: no code runs
+        checkpoint = torch.load(path, weights_only=True)   # data and tensors only: no code runs
     except Exception as error:
         raise SolverError(f"--resume: {path} cannot be read ({type(error).__name__}); "
                           "delete it and start again") from None
@@ -282,10 +290,6 @@ def what_was_kept(out, command, resumed):
     return f"no epoch had finished, so nothing was saved; start again with:\n  {command}"
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
 def command_line(script, argv=None):
     """`python script ...` as typed: with sys.argv's arguments unless argv is given."""
     return "python " + shlex.join([script, *(sys.argv[1:] if argv is None else argv)])
@@ -294,6 +298,10 @@ def command_line(script, argv=None):
 def run_stop_message(out, script, argv=None, resumed=False):
     """For one_line_failures: what a run's `out` kept, and the command that continues it."""
     return lambda: what_was_kept(out, command_line(script, argv), resumed)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import cnn
 import mlp
+import plot
 import plumbing
 import resnet
 import solver
@@ -87,24 +88,22 @@ class Run:
 
 
 def time_left(runs):
-    """Seconds still to train, from the epoch times measured so far per script; None if unknown."""
+    """(seconds still to train, names of scripts with epochs left but none timed yet).
+
+    The seconds come from the epoch times measured so far per script, over all its runs."""
     epoch_time = {}
     for run in runs:
         history = run.history()
         if history and history.get("epoch_time_s") and run.state() != "other":
             epoch_time.setdefault(run.name, []).extend(history["epoch_time_s"])
-    total = 0.0
+    seconds, untimed = 0.0, []
     for run in runs:
         left = run.epochs_left()
-        if left and run.name not in epoch_time:
-            return None
-        if left:
-            total += left * sum(epoch_time[run.name]) / len(epoch_time[run.name])
-    return total
-
-
-def minutes(seconds):
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+        if left and run.name in epoch_time:
+            seconds += left * sum(epoch_time[run.name]) / len(epoch_time[run.name])
+        elif left and run.name not in untimed:
+            untimed.append(run.name)
+    return seconds, untimed
 
 
 def run_one(command, stop_message):
@@ -131,7 +130,7 @@ def results_table(runs, wall_times):
         wall = wall_times.get(run.label)
         rows.append(f"| `python {run.name}.py{' ' if run.flags else ''}{' '.join(run.flags)}` "
                     f"| {REPORT[run.label]} | {history['test']['acc'][-1]:.2%} "
-                    f"({history['best_test_acc']:.2%}) | {minutes(wall) if wall else '-'} |")
+                    f"({history['best_test_acc']:.2%}) | {plot.format_time(wall) if wall else '-'} |")
     return "\n".join(rows) + "\n"
 
 
@@ -156,8 +155,10 @@ def reproduce(args, stop_message):
             why = "already finished" if state == "done" else "its folder holds a run with another config"
             print(f"[{number}/{len(runs)}] skipping {shown}: {why}", flush=True)
             continue
-        left = time_left([r for r in runs if r not in others])
-        estimate = f", about {minutes(left)} of training left" if left is not None else ""
+        seconds, untimed = time_left([r for r in runs if r not in others])
+        estimate = f", about {plot.format_time(seconds)} of training left" if seconds else ""
+        if seconds and untimed:
+            estimate += f" (and {', '.join(untimed)}, not timed yet)"
         print(f"\n[{number}/{len(runs)}] {shown}{' --resume' if state == 'resume' else ''}{estimate}",
               flush=True)
         run_start = time.perf_counter()
@@ -179,7 +180,7 @@ def reproduce(args, stop_message):
                  "--data-dir", str(args.data_dir), "--device", args.device,
                  "--out", str(args.runs_dir / "experiments"), "--figures", str(args.figures)],
                 stop_message)
-    print(f"reproduce.py: {minutes(time.perf_counter() - start)} in this call")
+    print(f"reproduce.py: {plot.format_time(time.perf_counter() - start)} in this call")
     if others:
         raise plumbing.SolverError(
             "not overwritten, since they hold runs with another config: "

@@ -21,7 +21,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081   # of the 60,000 training images, pixels
 EVAL_BATCH_SIZE = 100   # not 1,000: the conv nets' activations for 1,000 images outgrow the cache
 PROBE_UNIT = 0          # the unit whose input distribution activation.json tracks
 
-
+# ----------------------------------------------------------------------------- the flags
 CONFIG_FLAGS = {  # config key (the report's name): the flag that overrides it, its check, its help
     "max_epoch": ("--epochs", positive_int, "passes over the 60,000 training images"),
     "batch_size": ("--batch-size", positive_int, "images per SGD step"),
@@ -64,7 +64,7 @@ def effective_config(config, args):
     """The script's config with the command line's overrides: what this run really uses."""
     return dict(config, **{key: getattr(args, key) for key in CONFIG_FLAGS}, seed=args.seed)
 
-
+# ----------------------------------------------------------------------------- MNIST
 def load_mnist(data_dir, device):
     """MNIST as tensors on `device`, normalised once: images (N, 1, 28, 28), labels (N,) int64."""
     def as_tensors(dataset):
@@ -75,7 +75,7 @@ def load_mnist(data_dir, device):
     train_set, test_set = plumbing.read_mnist(data_dir)
     return (*as_tensors(train_set), *as_tensors(test_set))
 
-
+# ----------------------------------------------------------------------------- schedule, probe
 def make_optimizer(model, config):
     """SGD with the config's rate, momentum and weight decay; foreach: one call for all tensors."""
     return torch.optim.SGD(model.parameters(), lr=config["learning_rate"], foreach=True,
@@ -135,7 +135,7 @@ class InputProbe:
             self.record[key].append(value)
         self.record["iter"].append(iteration)
 
-
+# ----------------------------------------------------------------------------- one epoch
 def train_one_epoch(model, optimizer, train_set, config, epoch, generator, history,
                     on_window=lambda iteration, model: None):
     """One pass over the training set in a fresh random order (epoch `epoch`, 0-based).
@@ -192,7 +192,7 @@ def evaluate(model, images, labels, batch_size=EVAL_BATCH_SIZE):
         correct += (logits.argmax(dim=1) == target).sum()
     return total_loss.item() / len(images), correct.item() / len(images)
 
-
+# ----------------------------------------------------------------------------- saving
 def new_history(name, bn, params, config, device):
     return {"model": name, "bn": bn, "params": params, "config": config, "device": str(device),
             "train": {"iter": [], "loss": [], "acc": []},
@@ -206,7 +206,7 @@ def save_run(out, history, activation, checkpoint):
                          out / "activation.json": plumbing.json_writer(activation),
                          out / "checkpoint.pt": plumbing.torch_writer(checkpoint)})
 
-
+# ----------------------------------------------------------------------------- the epochs
 def train(model, optimizer, data, config, generator, history, first_epoch=0,
           on_window=lambda iteration, model: None, on_epoch=lambda epoch, lr: None):
     """Epochs first_epoch .. max_epoch - 1: set the rate, train, evaluate, extend `history`.

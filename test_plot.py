@@ -6,6 +6,7 @@ import torch
 
 import mlp
 import plot
+import solver
 
 
 def synthetic_history(bn, crosses_90_at):
@@ -57,7 +58,7 @@ def test_table_has_the_reports_columns():
 
 def test_plot_writes_every_figure_and_the_table(two_runs, tmp_path, tiny_mnist, capsys):
     out = tmp_path / "figures"
-    plot.main([*map(str, two_runs), "--out", str(out), "--data-dir", str(tiny_mnist)])
+    plot.main([*map(str, two_runs), "--figures", str(out), "--data-dir", str(tiny_mnist)])
     expected = {"mlp_bn_train.png", "mlp_bn_test.png", "mlp_train.png", "mlp_test.png",
                 "mlp_bn_vs_no_bn.png", "mlp_activation.png", "mlp_bn_confusion.png",
                 "mlp_bn_mistakes.png", "mlp_confusion.png", "mlp_mistakes.png", "table.md"}
@@ -104,3 +105,12 @@ def test_a_run_without_activation_json_skips_only_that_figure(two_runs, tmp_path
     names = {p.name for p in out.iterdir()}
     assert "mlp_activation.png" not in names and "mlp_bn_vs_no_bn.png" in names and "table.md" in names
     assert "skipping mlp_activation.png" in capsys.readouterr().err
+
+
+def test_plot_checks_for_exactly_the_keys_solver_writes():
+    assert set(plot.HISTORY_KEYS) == set(solver.new_history("mlp", True, 0, {}, "cpu"))
+
+
+def test_figures_has_out_as_its_older_alias(two_runs, tmp_path, tiny_mnist):
+    plot.main([*map(str, two_runs), "--out", str(tmp_path / "old"), "--data-dir", str(tiny_mnist)])
+    assert (tmp_path / "old" / "table.md").exists()

@@ -90,10 +90,11 @@ def test_ctrl_c_stops_the_run_in_flight_and_says_how_to_continue(tiny_mnist, tmp
 def test_time_left_comes_from_measured_epochs(tmp_path):
     args = reproduce.parse_args(["--out", str(tmp_path), "--epochs", "4"])
     runs = [reproduce.Run(name, flags, args) for name, flags in reproduce.RUNS]
-    assert reproduce.time_left(runs) is None   # nothing timed yet
-    for run in runs:
+    assert reproduce.time_left(runs) == (0.0, ["mlp", "cnn", "resnet"])   # nothing timed yet
+    for run in runs[:2]:   # mlp and mlp --bn: one epoch each, of 2 s
         run.out.mkdir(parents=True)
         history = {"config": run.config, "test": {"epoch": [1]}, "epoch_time_s": [2.0]}
         (run.out / "history.json").write_text(json.dumps(history))
         (run.out / "checkpoint.pt").write_bytes(b"")
-    assert reproduce.time_left(runs) == pytest.approx(5 * 3 * 2.0)   # 3 epochs left of each, 2 s each
+    seconds, untimed = reproduce.time_left(runs)
+    assert seconds == pytest.approx(2 * 3 * 2.0) and untimed == ["cnn", "resnet"]   # 3 epochs left each

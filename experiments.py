@@ -194,38 +194,73 @@ def study_figure1(study):
     study.save("figure1", results, fig)
 
 
-# ----------------------------------------------------------------------------- lr
+# ----------------------------------------------------------------------------- lr and init
+
+def sweep(study, name, key, values, make):
+    """Train make(bn, value) -> (model, config) for every value, without BN then with BN.
+
+    Returns {"no_bn": [...], "bn": [...]}, one {key: value, "outcome", "test_acc"} per value
+    (test_acc None where the loss diverged)."""
+    results = {"no_bn": [], "bn": []}
+    for bn in (False, True):
+        for value in values:
+            history, outcome = study.fit(*make(bn, value))
+            acc = history["test"]["acc"][-1] if outcome != "diverged" else None
+            results["bn" if bn else "no_bn"].append({key: value, "outcome": outcome, "test_acc": acc})
+            study.progress(name, f"{'with' if bn else 'without'} BN, {key} {value:g}", show(outcome, acc))
+    return results
+
+
+def draw_sweep(results, key, label, xlabel, ylabel, title):
+    """Test accuracy against the swept value, the two failures marked; prints the table too."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for bn in (False, True):
+        points = results["bn" if bn else "no_bn"]
+        ax.plot([p[key] for p in points], [p["test_acc"] if p["test_acc"] is not None else 0 for p in points],
+                "o-", color=COLORS[bn], label="with BN" if bn else "without BN")
+        for kind, marker in (("diverged", "x"), ("stuck", "o")):
+            marked = [p for p in points if p["outcome"] == kind]
+            ax.scatter([p[key] for p in marked], [p["test_acc"] or 0 for p in marked], marker=marker, s=80,
+                       color=COLORS[bn], zorder=3, label=f"{kind} ({'with' if bn else 'without'} BN)")
+    ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, title=title, ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    print_table([label, "without BN", "with BN"],
+                [(f"{a[key]:g}", show(a["outcome"], a["test_acc"]), show(b["outcome"], b["test_acc"]))
+                 for a, b in zip(results["no_bn"], results["bn"])])
+    return fig
+
 
 def study_lr(study):
     """Final test accuracy against a constant learning rate, the same budget for each."""
     rates = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0]
     epochs = 3 if study.quick else 2   # quick: 3 passes over a slice, so the failures show
-    results = {"rates": rates, "epochs": epochs, "no_bn": [], "bn": []}
-    for bn in (False, True):
-        for lr in rates:
-            history, outcome = study.fit(study.model(mlp_with(bn)),
-                                         study.config(learning_rate=lr, max_epoch=epochs))
-            acc = history["test"]["acc"][-1] if history["test"]["acc"] and outcome != "diverged" else None
-            results["bn" if bn else "no_bn"].append({"lr": lr, "outcome": outcome, "test_acc": acc})
-            study.progress("lr", f"{'with' if bn else 'without'} BN, lr {lr:g}", show(outcome, acc))
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for bn, key in ((False, "no_bn"), (True, "bn")):
-        points = results[key]
-        ax.plot([p["lr"] for p in points], [p["test_acc"] if p["test_acc"] is not None else 0 for p in points],
-                "-", color=COLORS[bn], label="with BN" if bn else "without BN")
-        for kind, marker in (("diverged", "x"), ("stuck", "o")):
-            marked = [p for p in points if p["outcome"] == kind]
-            ax.scatter([p["lr"] for p in marked], [p["test_acc"] or 0 for p in marked], marker=marker, s=80,
-                       color=COLORS[bn], label=f"{kind} ({'with' if bn else 'without'} BN)", zorder=3)
-    ax.set(xscale="log", xlabel="learning rate (constant)", ylabel=f"test accuracy after {epochs} epoch(s)",
-           title="MLP 784-128-64-10: learning-rate robustness", ylim=(-0.02, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    print_table(["lr", "without BN", "with BN"],
-                [(f"{lr:g}", show(a["outcome"], a["test_acc"]), show(b["outcome"], b["test_acc"]))
-                 for lr, a, b in zip(rates, results["no_bn"], results["bn"])])
+    make = lambda bn, lr: (study.model(mlp_with(bn)), study.config(learning_rate=lr, max_epoch=epochs))
+    results = {"rates": rates, "epochs": epochs, **sweep(study, "lr", "lr", rates, make)}
+    fig = draw_sweep(results, "lr", "lr", "learning rate (constant)", f"test accuracy after {epochs} epoch(s)",
+                     "MLP 784-128-64-10: learning-rate robustness")
     study.save("lr", results, fig)
+
+
+def scaled_init(bn, scale):
+    """mlp.py's network with every linear weight drawn from N(0, scale^2) (CS231n's weight_scale)."""
+    def build():
+        model = mlp.build_model(bn)
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, scale)
+        return model
+    return build
+
+
+def study_init(study):
+    """Test accuracy after one epoch against the initial weight scale s, with and without BN."""
+    scales = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0]
+    make = lambda bn, scale: (study.model(scaled_init(bn, scale)), study.config())
+    results = {"scales": scales, **sweep(study, "init", "scale", scales, make)}
+    fig = draw_sweep(results, "scale", "s", "weight scale s: every weight ~ N(0, s^2)",
+                     "test accuracy after one epoch", "Initialisation scale (CS231n's experiment), MLP 784-128-64-10")
+    study.save("init", results, fig)
 
 
 # ----------------------------------------------------------------------------- batch
@@ -340,49 +375,6 @@ def study_momentum(study):
                   f"{max(r['test_acc']) - min(r['test_acc']):.4f}",
                   f"{torch.tensor(r['running_mean']).std().item():.4f}") for r in results["runs"]])
     study.save("momentum", results, fig)
-
-
-# ----------------------------------------------------------------------------- init
-
-def scaled_init(bn, scale):
-    """mlp.py's network with every linear weight drawn from N(0, scale^2) (CS231n's weight_scale)."""
-    def build():
-        model = mlp.build_model(bn)
-        for module in model.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, scale)
-        return model
-    return build
-
-
-def study_init(study):
-    """Test accuracy after one epoch against the initial weight scale s, with and without BN."""
-    scales = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0]
-    results = {"scales": scales, "no_bn": [], "bn": []}
-    for bn in (False, True):
-        for scale in scales:
-            history, outcome = study.fit(study.model(scaled_init(bn, scale)), study.config())
-            acc = history["test"]["acc"][-1] if outcome != "diverged" else None
-            results["bn" if bn else "no_bn"].append({"scale": scale, "outcome": outcome, "test_acc": acc})
-            study.progress("init", f"{'with' if bn else 'without'} BN, s = {scale:g}", show(outcome, acc))
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for bn, key in ((False, "no_bn"), (True, "bn")):
-        points = results[key]
-        ax.plot(scales, [p["test_acc"] if p["test_acc"] is not None else 0 for p in points], "o-",
-                color=COLORS[bn], label="with BN" if bn else "without BN")
-        for kind, marker in (("diverged", "x"), ("stuck", "o")):
-            marked = [p for p in points if p["outcome"] == kind]
-            ax.scatter([p["scale"] for p in marked], [p["test_acc"] or 0 for p in marked], marker=marker, s=90,
-                       color=COLORS[bn], zorder=3, label=f"{kind} ({'with' if bn else 'without'} BN)")
-    ax.set(xscale="log", xlabel="weight scale s: every weight ~ N(0, s^2)", ylabel="test accuracy after one epoch",
-           title="Initialisation scale (CS231n's experiment), MLP 784-128-64-10", ylim=(-0.02, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    print_table(["s", "without BN", "with BN"],
-                [(f"{s:g}", show(a["outcome"], a["test_acc"]), show(b["outcome"], b["test_acc"]))
-                 for s, a, b in zip(scales, results["no_bn"], results["bn"])])
-    study.save("init", results, fig)
 
 
 # ----------------------------------------------------------------------------- population

@@ -129,17 +129,23 @@ def start_endless_run(data_dir, out, *flags):
     return process
 
 
-def test_ctrl_c_keeps_last_epoch_and_exits_130(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("stop,code,word", [
+    (signal.SIGINT, 130, "interrupted"),   # Ctrl-C
+    (signal.SIGTERM, 143, "terminated"),   # `timeout 600 python mlp.py --bn`, `kill`
+])
+def test_ctrl_c_or_sigterm_keeps_last_epoch_and_says_how_to_go_on(tiny_mnist, tmp_path, stop, code, word):
     out = tmp_path / "run"
     process = start_endless_run(tiny_mnist, out)
     time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == code
     assert "Traceback" not in err and "python cnn.py --data-dir" in err and err.rstrip().endswith("--resume")
+    assert word in err
     history = json.loads((out / "history.json").read_text())
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == len(history["test"]["epoch"]) >= 1
+    assert not list(out.glob("*.tmp"))
 
 
 def test_closed_log_pipe_stops_cleanly_and_keeps_finished_epochs(tiny_mnist, tmp_path):
@@ -215,21 +221,6 @@ def test_freed_tensor_memory_stays_in_the_heap_for_reuse(mode):
         assert memory["mmapped"] == 0 and memory["heap_free_after"] >= 16 * 2**20
     else:   # the control: without the call the same tensor is mmapped and given back
         assert memory["mmapped"] >= 16 * 2**20 and memory["mmap_returned"] == memory["mmapped"]
-
-
-def test_sigterm_stops_like_ctrl_c_and_exits_143(tiny_mnist, tmp_path):
-    # `timeout 600 python mlp.py --bn` ends with SIGTERM: the finished epochs stay, one line says how to go on.
-    out = tmp_path / "run"
-    process = start_endless_run(tiny_mnist, out)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 143
-    assert "Traceback" not in err and "terminated" in err and err.rstrip().endswith("--resume")
-    history = json.loads((out / "history.json").read_text())
-    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert checkpoint["epoch"] == len(history["test"]["epoch"]) >= 1
-    assert not list(out.glob("*.tmp"))
 
 
 def folder_snapshot(folder):

@@ -99,17 +99,18 @@ class BatchNormFunction(torch.autograd.Function):
         sum_g_xhat = g_xhat.sum(dim=reduce_dims)              # dL/dgamma
 
         grad_x = None
-        if ctx.needs_input_grad[0] and ctx.detach_stats:   # the direct path only
-            grad_x = grad_y * (weight.view(stat_shape) * inv_std)
-        elif ctx.needs_input_grad[0]:
-            # gamma * inv_std / m * (m*g - sum(g) - x_hat*sum(g*x_hat))
-            #   = scale * g - scale * mean(g) - x_hat * scale * mean(g*x_hat),  scale = gamma * inv_std,
-            # computed in three passes into g_xhat's memory, which is free now that its sum is
-            # taken: every new buffer of this size costs time (the ResNet step: 1.40x torch's BN).
+        if ctx.needs_input_grad[0]:
             scale = weight.view(stat_shape) * inv_std
-            grad_x = torch.mul(x_hat, scale * (sum_g_xhat / -m).view(stat_shape), out=g_xhat)
-            grad_x.addcmul_(grad_y, scale)
-            grad_x.sub_(scale * (sum_g / m).view(stat_shape))
+            if ctx.detach_stats:   # the direct path only
+                grad_x = grad_y * scale
+            else:
+                # gamma * inv_std / m * (m*g - sum(g) - x_hat*sum(g*x_hat))
+                #   = scale * g - scale * mean(g) - x_hat * scale * mean(g*x_hat),
+                # computed in three passes into g_xhat's memory, free now that its sum is taken:
+                # every new buffer of this size costs time (the ResNet step: 1.40x torch's BN).
+                grad_x = torch.mul(x_hat, scale * (sum_g_xhat / -m).view(stat_shape), out=g_xhat)
+                grad_x.addcmul_(grad_y, scale)
+                grad_x.sub_(scale * (sum_g / m).view(stat_shape))
         return grad_x, sum_g_xhat, sum_g, None, None
 
 
@@ -201,11 +202,16 @@ class BatchNorm(nn.Module):
             self.running_var.mul_(self.momentum).add_(unbiased_var, alpha=1 - self.momentum)
         return y
 
-    def _normalize_with_running_stats(self, x):
-        """gamma * (x - running_mean) / sqrt(running_var + eps) + beta, folded into x * scale + shift."""
-        stat_shape, _ = _stat_shape_and_dims(x)
+    def eval_scale_and_shift(self):
+        """Evaluation's BN as a fixed affine map per channel, y = scale * x + shift:
+        scale = gamma / sqrt(running_var + eps), shift = beta - running_mean * scale."""
         scale = self.weight * torch.rsqrt(self.running_var + self.eps)
-        shift = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def _normalize_with_running_stats(self, x):
+        """gamma * (x - running_mean) / sqrt(running_var + eps) + beta, as x * scale + shift."""
+        stat_shape, _ = _stat_shape_and_dims(x)
+        scale, shift = self.eval_scale_and_shift()
         # Two passes over x (a multiply, then an add in place); torch.addcmul does it in one but,
         # with both per-channel operands broadcast, measured 3x slower here.
         return (x * scale.view(stat_shape)).add_(shift.view(stat_shape))
@@ -241,15 +247,14 @@ def fold_batchnorm(model):
     """
     folded = copy.deepcopy(model).eval()
     for sequential in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
-        names = list(sequential._modules)
-        for before, name in zip(names, names[1:]):
-            layer, bn = sequential._modules[before], sequential._modules[name]
+        for i in range(len(sequential) - 1):
+            layer, bn = sequential[i], sequential[i + 1]
             if isinstance(bn, BatchNorm) and isinstance(layer, (nn.Linear, nn.Conv2d)):
-                scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-                bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
+                scale, shift = bn.eval_scale_and_shift()
                 layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.dim() - 1)))
-                layer.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
-                sequential._modules[name] = nn.Identity()
+                bias = layer.bias if layer.bias is not None else 0
+                layer.bias = nn.Parameter(bias * scale + shift)   # (b - running_mean) * scale + beta
+                sequential[i + 1] = nn.Identity()
     return folded
 
 

@@ -31,15 +31,12 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 import batchnorm
-import cnn
-import mlp
 import plumbing
-import resnet
 import solver
+from plot import MODELS   # name -> model script
 
 STEPS_PER_EPOCH = 600
 BATCH = 100
-MODELS = {"mlp": mlp, "cnn": cnn, "resnet": resnet}   # name -> model script
 
 
 SGD_CONFIG = {"learning_rate": 0.01, "momentum": 0.9, "weight_decay": 1e-4}   # for solver.make_optimizer

@@ -506,7 +506,7 @@ def main(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("study", choices=[*STUDIES, "all"])
     parser.add_argument("--data-dir", default="data", help="a folder holding MNIST/raw/")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    parser.add_argument("--device", choices=plumbing.DEVICES, default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/experiments", help="where each study's JSON goes")
     parser.add_argument("--figures", default="figures", help="where each study's figure goes")

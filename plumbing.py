@@ -69,6 +69,9 @@ def one_of(*names):
     return _checked(str, lambda v: v in names, "one of " + ", ".join(names))
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")   # the choices of every script's --device
+
+
 def pick_device(requested):
     """torch.device for --device auto|cpu|cuda|mps; auto takes a GPU where there is one."""
     available = {"cpu": True, "cuda": torch.cuda.is_available(),

@@ -18,14 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import cnn
-import mlp
 import plot
 import plumbing
-import resnet
 import solver
 
-SCRIPTS = {"mlp": mlp, "cnn": cnn, "resnet": resnet}
 RUNS = [("mlp", []), ("mlp", ["--bn"]), ("cnn", []), ("cnn", ["--bn"]), ("resnet", [])]
 REPORT = {  # the report's final accuracy and time for each command, for the table
     "mlp": "97.6%, 14 min", "mlp_bn": "98.3%, 17 min", "cnn": "98.3%, 24 min",
@@ -36,7 +32,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", default="data", help="a folder holding MNIST/raw/")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    parser.add_argument("--device", choices=plumbing.DEVICES, default="auto")
     parser.add_argument("--out", default="runs", help="the folder of the runs")
     parser.add_argument("--figures", default=None,
                         help="where plot.py writes (default: figures, or <runs>/figures with --epochs)")
@@ -55,7 +51,7 @@ class Run:
     """One of the five commands: its script, flags, folder and the config it will train with."""
 
     def __init__(self, name, flags, args):
-        self.name, self.script = name, SCRIPTS[name]
+        self.name, self.script = name, plot.MODELS[name]
         self.flags = flags + (["--epochs", str(args.epochs)] if args.epochs else [])
         bn_default = name == "resnet"
         parsed = solver.parse_args(name, self.script.config, bn_default, self.flags)

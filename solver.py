@@ -46,7 +46,7 @@ def parse_args(name, config, bn_default, argv=None):
     add("--plain", action="store_true",
         help="the report's recipe: --lr-schedule constant --warmup-epochs 0 --augment-shift 0")
     add("--seed", type=int, default=0, help="(default: %(default)s)")
-    add("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="(default: auto)")
+    add("--device", choices=plumbing.DEVICES, default="auto", help="(default: auto)")
     add("--data-dir", default="data",
         help="a folder holding MNIST/raw/, or where to download it (default: %(default)s)")
     add("--out", default=None, help=f"where history.json, activation.json and checkpoint.pt go "

@@ -33,7 +33,8 @@ from torch.autograd.function import once_differentiable
 
 
 def _stat_shape_and_dims(x):
-    """Statistics are per channel (dim 1); reduce over every other axis, broadcast back as (1, C, 1, ...)."""
+    """Statistics are per channel (dim 1): reduce over every other axis, broadcast back as
+    (1, C, 1, ...)."""
     reduce_dims = [0] + list(range(2, x.dim()))
     stat_shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
     return stat_shape, reduce_dims
@@ -73,12 +74,12 @@ class BatchNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps, detach_stats=False):
         stat_shape, reduce_dims = _stat_shape_and_dims(x)
         # Two passes (mean, then the mean of squared deviations) rather than torch.var_mean,
-        # whose Welford reduction over several axes is several times slower on CPU.
+        # whose Welford reduction over several axes is slow on CPU (docs/performance-notes.md).
         mean = x.mean(dim=reduce_dims, keepdim=True)                   # mu_B
         x_hat = x - mean                                               # centred, normalised below
         var = x_hat.square().mean(dim=reduce_dims, keepdim=True)       # sigma_B^2 (biased)
         inv_std = torch.rsqrt(var + eps)
-        x_hat.mul_(inv_std)                                            # (x - mu_B) / sqrt(sigma_B^2 + eps)
+        x_hat.mul_(inv_std)                            # (x - mu_B) / sqrt(sigma_B^2 + eps)
         y = (x_hat * weight.view(stat_shape)).add_(bias.view(stat_shape))   # gamma * x_hat + beta
         # x_hat (not x) is what backward needs; keeping it costs the same memory as keeping x.
         ctx.save_for_backward(x_hat, weight, inv_std)
@@ -107,7 +108,7 @@ class BatchNormFunction(torch.autograd.Function):
                 # gamma * inv_std / m * (m*g - sum(g) - x_hat*sum(g*x_hat))
                 #   = scale * g - scale * mean(g) - x_hat * scale * mean(g*x_hat),
                 # computed in three passes into g_xhat's memory, free now that its sum is taken:
-                # every new buffer of this size costs time (the ResNet step: 1.40x torch's BN).
+                # every new buffer of this size costs time (docs/performance-notes.md).
                 grad_x = torch.mul(x_hat, scale * (sum_g_xhat / -m).view(stat_shape), out=g_xhat)
                 grad_x.addcmul_(grad_y, scale)
                 grad_x.sub_(scale * (sum_g / m).view(stat_shape))
@@ -122,7 +123,7 @@ def batch_norm_backward_by_steps(grad_y, x, weight, eps=1e-5):
     """
     stat_shape, reduce_dims = _stat_shape_and_dims(x)
     m = x.numel() // x.shape[1]
-    total = lambda t: t.sum(dim=reduce_dims, keepdim=True)            # sum over a channel's m values
+    total = lambda t: t.sum(dim=reduce_dims, keepdim=True)    # sum over a channel's m values
     gamma = weight.view(stat_shape)
     # the forward again, keeping every intermediate
     mu = total(x) / m                                                   # mu_B
@@ -141,7 +142,8 @@ def batch_norm_backward_by_steps(grad_y, x, weight, eps=1e-5):
 
 
 def batch_norm_reference(x, weight, bias, eps=1e-5):
-    """eq. 2.1 exactly as written, differentiated by autograd: the yardstick for BatchNormFunction."""
+    """eq. 2.1 exactly as written, differentiated by autograd: the yardstick for
+    BatchNormFunction."""
     stat_shape, reduce_dims = _stat_shape_and_dims(x)
     mu = x.mean(dim=reduce_dims, keepdim=True)
     var = ((x - mu) ** 2).mean(dim=reduce_dims, keepdim=True)
@@ -213,7 +215,7 @@ class BatchNorm(nn.Module):
         stat_shape, _ = _stat_shape_and_dims(x)
         scale, shift = self.eval_scale_and_shift()
         # Two passes over x (a multiply, then an add in place); torch.addcmul does it in one but,
-        # with both per-channel operands broadcast, measured 3x slower here.
+        # with both per-channel operands broadcast, is slower (docs/performance-notes.md).
         return (x * scale.view(stat_shape)).add_(shift.view(stat_shape))
 
 
@@ -253,7 +255,8 @@ def fold_batchnorm(model):
                 scale, shift = bn.eval_scale_and_shift()
                 layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.dim() - 1)))
                 bias = layer.bias if layer.bias is not None else 0
-                layer.bias = nn.Parameter(bias * scale + shift)   # (b - running_mean) * scale + beta
+                # (b - running_mean) * scale + beta
+                layer.bias = nn.Parameter(bias * scale + shift)
                 sequential[i + 1] = nn.Identity()
     return folded
 
@@ -296,3 +299,26 @@ def recalibrate(model, batches):
         layer.running_var.copy_(var_sum / count * (m / (m - 1)))
         del layer.values_per_channel
     return model.eval()
+
+
+# ----------------------------------------------------------------------------- by name
+
+# The normalization layers a network can put before each nonlinearity, by the name that
+# `--norm` and history.json use: name -> build(num_features, rank, groups), where rank is the
+# input's number of dimensions (2 for (N, C), 4 for (N, C, H, W)) and groups the network's
+# GroupNorm group count (a named constant of each model script). A new normalization is one
+# entry here plus its class. "none" builds nothing.
+NORMALIZATIONS = {
+    "none": None,
+    "bn": lambda num_features, rank, groups: (BatchNorm1d if rank == 2 else BatchNorm2d)(
+        num_features),
+}
+
+
+def norm_layers(norm, num_features, rank, groups=None):
+    """[the layer] that `norm` names, or [] for "none": a list, to splice into a Sequential."""
+    if norm not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {norm!r}; expected one of "
+                         f"{', '.join(NORMALIZATIONS)}")
+    build = NORMALIZATIONS[norm]
+    return [] if build is None else [build(num_features, rank, groups)]

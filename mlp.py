@@ -2,6 +2,7 @@
 
     python mlp.py          # without BN (the report: 97.6%)
     python mlp.py --bn     # BN after each hidden linear layer (the report: 98.3%)
+    python mlp.py --norm bn   # the same as --bn; --norm names the normalization layer
 
 The linear layers have no bias, as in the report (109,184 parameters; 109,568 with BN):
 with BN the bias would be redundant anyway, since BN subtracts the batch mean and adds beta.
@@ -9,27 +10,18 @@ with BN the bias would be redundant anyway, since BN subtracts the batch mean an
 from torch import nn
 
 import solver
-from batchnorm import BatchNorm1d
+from batchnorm import norm_layers
 
-config = {
-    "learning_rate": 0.1,
-    "weight_decay": 0.0001,
-    "momentum": 0.9,
-    "batch_size": 100,
-    "max_epoch": 100,
-    "disp_freq": 50,
-    # Not in the report (see solver.py); --plain gives its exact recipe.
-    "lr_schedule": "cosine",
-    "warmup_epochs": 0,
-    "augment_shift": 0,
-}
+config = dict(solver.DEFAULTS)   # the report's recipe (and ours: see solver.DEFAULTS) as it is
 
 
-def build_model(bn: bool, bias: bool = False) -> nn.Module:
-    """bias=True gives the hidden linear layers a bias (experiments.py's `detach` study)."""
+def build_model(norm: str = "none", bias: bool = False) -> nn.Module:
+    """norm: a name of batchnorm.NORMALIZATIONS ("bn", "none"). bias=True gives the hidden
+    linear layers a bias (experiments.py's `detach` study)."""
     def hidden(n_in, n_out):
-        # linear -> [BN] -> ReLU: BN normalises the input of each nonlinearity, as in the BN paper
-        return [nn.Linear(n_in, n_out, bias=bias), *([BatchNorm1d(n_out)] if bn else []), nn.ReLU()]
+        # linear -> [norm] -> ReLU: the layer normalises the input of each nonlinearity,
+        # as in the BN paper
+        return [nn.Linear(n_in, n_out, bias=bias), *norm_layers(norm, n_out, rank=2), nn.ReLU()]
 
     return nn.Sequential(
         nn.Flatten(),                 # (N, 1, 28, 28) -> (N, 784)
@@ -40,4 +32,4 @@ def build_model(bn: bool, bias: bool = False) -> nn.Module:
 
 
 if __name__ == "__main__":
-    solver.run("mlp", build_model, config, bn_default=False)
+    solver.run("mlp", build_model, config)

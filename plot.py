@@ -3,14 +3,20 @@
     python plot.py                       # every run under runs/, figures into figures/
     python plot.py runs/cnn runs/cnn_bn --figures figures
 
-Per run (from history.json):     <run>_train.png   train loss and accuracy per iteration (report Fig. 3.2)
-                                 <run>_test.png    test loss and accuracy per epoch      (report Fig. 3.3)
-Per model with and without BN:   <model>_bn_vs_no_bn.png   the same curves overlaid
-  (from activation.json)         <model>_activation.png    15th/50th/85th percentiles of one first-layer
-                                                           unit's input during training (BN paper, Fig. 1)
+Per run (from history.json):
+    <run>_train.png   train loss and accuracy per iteration (report Fig. 3.2)
+    <run>_test.png    test loss and accuracy per epoch      (report Fig. 3.3)
+Per model with and without BN:
+    <model>_bn_vs_no_bn.png   the same curves overlaid
+    <model>_activation.png    (from activation.json) 15th/50th/85th percentiles of one
+                              first-layer unit's input during training (BN paper, Fig. 1)
 Per run (from checkpoint.pt and the test set, if --data-dir holds MNIST):
-                                 <run>_confusion.png, <run>_mistakes.png (most confident errors)
-All runs:                        table.md, the report's Tables 3.1/3.2 (also printed)
+    <run>_confusion.png, <run>_mistakes.png (most confident errors)
+All runs:
+    table.md, the report's Tables 3.1/3.2 (also printed)
+
+The figure style (resolution, a colour and a label per normalization, the headless backend)
+is defined here once; experiments.py's studies draw with it too.
 """
 import argparse
 import json
@@ -25,69 +31,80 @@ matplotlib.use("Agg")   # headless: files only, no window
 import matplotlib.pyplot as plt
 import torch
 
-import cnn
-import mlp
-import resnet
+import plumbing
+import registry
 import solver
 
+# ----------------------------------------------------------------------------- the figure style
+
 DPI = 110
-MODELS = {"mlp": mlp, "cnn": cnn, "resnet": resnet}   # history["model"] -> the script that trained it
-HISTORY_KEYS = ("model", "bn", "params", "config", "device", "train", "test",
-                "epoch_time_s", "train_time_s", "best_test_acc")   # every key solver.new_history has
-BN_COLORS = {True: "tab:blue", False: "tab:orange"}
+NORM_COLORS = {"none": "tab:orange", "bn": "tab:blue"}      # one colour per normalization
+NORM_LABELS = {"none": "without BN", "bn": "with BN"}       # "MLP with BN", "without BN"
 
 
-def run_label(history):
-    return f"{history['model']}{'_bn' if history['bn'] else ''}"
-
-
-def case_name(history):
-    return f"{history['model'].upper() if history['model'] != 'resnet' else 'mini-ResNet'} " \
-           f"{'with' if history['bn'] else 'without'} BN"
-
-
-def load_runs(run_dirs):
-    """(folder, history) per run; a folder that is not a finished-epoch run of ours stops with one line."""
-    runs = []
-    for run_dir in run_dirs:
-        path = Path(run_dir) / "history.json"
-        if not path.exists():
-            sys.exit(f"error: {path} not found; give folders written by mlp.py, cnn.py or resnet.py (--out)")
-        try:
-            history = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            sys.exit(f"error: {path} is not valid JSON ({error}); train that run again or leave its folder out")
-        missing = [key for key in HISTORY_KEYS if key not in history] if isinstance(history, dict) else HISTORY_KEYS
-        if missing or history["model"] not in MODELS:
-            sys.exit(f"error: {path} was not written by mlp.py, cnn.py or resnet.py "
-                     f"({'it lacks ' + ', '.join(missing) if missing else 'unknown model ' + repr(history['model'])}); "
-                     "leave its folder out")
-        runs.append((Path(run_dir), history))
-    return runs
-
-
-def load_activation(run_dir):
-    """The run's activation.json (one unit's input percentiles), or None if it has none or it is unreadable."""
-    path = Path(run_dir) / "activation.json"
-    try:
-        activation = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    keys = ("unit", "iter", "p15", "p50", "p85")
-    return activation if isinstance(activation, dict) and all(k in activation for k in keys) else None
-
-
-# ----------------------------------------------------------------------------- curves
-
-def _save(fig, path):
+def save_figure(fig, path):
+    """Every figure of the repository is written this way: tight layout, DPI, closed."""
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
 
+def run_label(history):
+    return registry.run_label(history["model"], history["norm"])
+
+
+def case_name(history):
+    model = "mini-ResNet" if history["model"] == "resnet" else history["model"].upper()
+    return f"{model} {NORM_LABELS[history['norm']]}"
+
+# ----------------------------------------------------------------------------- reading runs
+
+def load_runs(run_dirs):
+    """(folder, history) per run, histories as written today (older ones upgraded); a folder
+    that is not a finished-epoch run of ours stops with one line."""
+    runs = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "history.json"
+        if not path.exists():
+            sys.exit(f"error: {path} not found; give folders written by mlp.py, cnn.py or "
+                     "resnet.py (--out)")
+        try:
+            history = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            sys.exit(f"error: {path} is not valid JSON ({error}); train that run again or leave "
+                     "its folder out")
+        if isinstance(history, dict):
+            history = registry.upgraded(history)
+            missing = [key for key in registry.history_keys() if key not in history]
+        else:
+            missing = registry.history_keys()
+        if missing or history["model"] not in registry.MODEL_NAMES:
+            why = ("it lacks " + ", ".join(missing) if missing
+                   else "unknown model " + repr(history["model"]))
+            sys.exit(f"error: {path} was not written by mlp.py, cnn.py or resnet.py ({why}); "
+                     "leave its folder out")
+        runs.append((Path(run_dir), history))
+    return runs
+
+
+def load_activation(run_dir):
+    """The run's activation.json (one unit's input percentiles), or None if it has none or it
+    is unreadable."""
+    path = Path(run_dir) / "activation.json"
+    try:
+        activation = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    keys = ("unit", "iter", "p15", "p50", "p85")
+    readable = isinstance(activation, dict) and all(key in activation for key in keys)
+    return activation if readable else None
+
+
+# ----------------------------------------------------------------------------- curves
+
 def _draw_curves(axes, history, label=None, color=None):
-    """Train loss, train accuracy (per window), test loss, test accuracy (per epoch) on four axes."""
+    """Train loss, train accuracy (per window), test loss, test accuracy (per epoch): four axes."""
     train, test = history["train"], history["test"]
     axes[0].plot(train["iter"], train["loss"], label=label, color=color, lw=0.8)
     axes[1].plot(train["iter"], train["acc"], label=label, color=color, lw=0.8)
@@ -96,8 +113,9 @@ def _draw_curves(axes, history, label=None, color=None):
 
 
 def _label_axes(axes):
-    for ax, (xlabel, ylabel) in zip(axes, [("iteration", "train loss"), ("iteration", "train accuracy"),
-                                           ("epoch", "test loss"), ("epoch", "test accuracy")]):
+    labels = [("iteration", "train loss"), ("iteration", "train accuracy"),
+              ("epoch", "test loss"), ("epoch", "test accuracy")]
+    for ax, (xlabel, ylabel) in zip(axes, labels):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -106,16 +124,19 @@ def _label_axes(axes):
 
 
 def plot_run(history, out):
-    """The report's two figures for one run: training curves per iteration, test curves per epoch."""
+    """The report's two figures for one run: training curves per iteration, test curves per
+    epoch."""
     label = run_label(history)
     fig_train, train_axes = plt.subplots(1, 2, figsize=(10, 3.8))
     fig_test, test_axes = plt.subplots(1, 2, figsize=(10, 3.8))
     axes = [*train_axes, *test_axes]
-    _draw_curves(axes, history, color=BN_COLORS[history["bn"]])
+    _draw_curves(axes, history, color=NORM_COLORS[history["norm"]])
     _label_axes(axes)
-    fig_train.suptitle(f"{case_name(history)}: training (mean over each {history['config']['disp_freq']}-iteration window)")
+    window = history["config"]["disp_freq"]
+    fig_train.suptitle(f"{case_name(history)}: training (mean over each {window}-iteration window)")
     fig_test.suptitle(f"{case_name(history)}: test set after each epoch")
-    return [_save(fig_train, out / f"{label}_train.png"), _save(fig_test, out / f"{label}_test.png")]
+    return [save_figure(fig_train, out / f"{label}_train.png"),
+            save_figure(fig_test, out / f"{label}_test.png")]
 
 
 def plot_bn_comparison(with_bn, without_bn, out):
@@ -123,23 +144,25 @@ def plot_bn_comparison(with_bn, without_bn, out):
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     axes = axes.flatten()
     for history in (without_bn, with_bn):
-        _draw_curves(axes, history, label=case_name(history), color=BN_COLORS[history["bn"]])
+        _draw_curves(axes, history, label=case_name(history), color=NORM_COLORS[history["norm"]])
     _label_axes(axes)
     for ax in axes:
         ax.legend()
     fig.suptitle(f"{with_bn['model']}: with and without Batch Normalization")
-    return _save(fig, out / f"{with_bn['model']}_bn_vs_no_bn.png")
+    return save_figure(fig, out / f"{with_bn['model']}_bn_vs_no_bn.png")
 
 
 def plot_activation(with_bn, without_bn, out):
-    """BN paper Fig. 1: the distribution of one hidden unit's input over training, without and with BN.
+    """BN paper Fig. 1: the distribution of one hidden unit's input over training, without and
+    with BN.
 
     with_bn, without_bn: (history, activation) of the two runs, activation as in activation.json.
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, (history, act) in zip(axes, (without_bn, with_bn)):
         for key, style in (("p85", ":"), ("p50", "-"), ("p15", "--")):
-            ax.plot(act["iter"], act[key], style, color=BN_COLORS[history["bn"]], label=f"{key[1:]}th percentile")
+            ax.plot(act["iter"], act[key], style, color=NORM_COLORS[history["norm"]],
+                    label=f"{key[1:]}th percentile")
         ax.set_title(case_name(history))
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
@@ -147,20 +170,15 @@ def plot_activation(with_bn, without_bn, out):
     model = with_bn[0]["model"]
     axes[0].set_ylabel(f"input of first ReLU, unit {with_bn[1]['unit']}")
     fig.suptitle(f"{model}: how one first-layer unit's input distribution moves during training")
-    return _save(fig, out / f"{model}_activation.png")
+    return save_figure(fig, out / f"{model}_activation.png")
 
 
 # ----------------------------------------------------------------------------- table
 
 def converge_iteration(history, threshold):
     """The first iteration whose windowed train accuracy reaches `threshold`, or None."""
-    return next((it for it, acc in zip(history["train"]["iter"], history["train"]["acc"]) if acc >= threshold),
-                None)
-
-
-def format_time(seconds):
-    minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+    train = history["train"]
+    return next((it for it, acc in zip(train["iter"], train["acc"]) if acc >= threshold), None)
 
 
 def comparison_table(histories):
@@ -176,7 +194,7 @@ def comparison_table(histories):
             f"{history['test']['acc'][-1]:.4f}",
             f"{history['best_test_acc']:.4f}",
             f"{history['test']['loss'][-1]:.4f}",
-            format_time(history["train_time_s"]),
+            registry.format_time(history["train_time_s"]),
             f"{history['params']:,}",
         ]) + " |")
     return "\n".join(rows) + "\n"
@@ -187,11 +205,12 @@ def comparison_table(histories):
 @torch.inference_mode()
 def predictions(run_dir, history, test_x):
     """Softmax outputs of the saved model on the test set (the scripts' own build_model)."""
-    model = MODELS[history["model"]].build_model(history["bn"])
+    model = registry.model_script(history["model"]).build_model(history["norm"])
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True, map_location="cpu")
     model.load_state_dict(checkpoint["model_state"])
     model.eval()
-    return torch.cat([model(batch).softmax(dim=1) for batch in test_x.split(solver.EVAL_BATCH_SIZE)])
+    batches = test_x.split(solver.EVAL_BATCH_SIZE)
+    return torch.cat([model(batch).softmax(dim=1) for batch in batches])
 
 
 def plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out, n_mistakes=24):
@@ -202,7 +221,8 @@ def plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out, n_mistake
     confusion = torch.zeros(10, 10, dtype=torch.int64)
     confusion.index_put_((test_y, predicted), torch.ones_like(test_y), accumulate=True)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    image = ax.imshow(confusion.float().log1p().numpy(), cmap="Blues")   # log: the diagonal would drown the errors
+    # log: the diagonal would drown the errors
+    image = ax.imshow(confusion.float().log1p().numpy(), cmap="Blues")
     for true in range(10):
         for pred in range(10):
             count = confusion[true, pred].item()
@@ -216,7 +236,7 @@ def plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out, n_mistake
     accuracy = confusion.diag().sum().item() / len(test_y)
     ax.set_title(f"{case_name(history)}: confusion matrix (accuracy {accuracy:.4f})")
     fig.colorbar(image, ax=ax, label="log(1 + count)")
-    confusion_path = _save(fig, out / f"{label}_confusion.png")
+    confusion_path = save_figure(fig, out / f"{label}_confusion.png")
 
     wrong = (predicted != test_y).nonzero().flatten()
     worst = wrong[confidence[wrong].argsort(descending=True)][:n_mistakes]
@@ -228,9 +248,11 @@ def plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out, n_mistake
     for ax, index in zip(axes.flatten(), worst.tolist()):
         pixels = test_x[index, 0] * solver.MNIST_STD + solver.MNIST_MEAN   # undo the normalisation
         ax.imshow(pixels.numpy(), cmap="gray_r", vmin=0, vmax=1)
-        ax.set_title(f"true {test_y[index]}, pred {predicted[index]}\n{confidence[index]:.0%} sure", fontsize=7)
-    fig.suptitle(f"{case_name(history)}: the {len(worst)} most confident mistakes of {len(wrong)}")
-    return [confusion_path, _save(fig, out / f"{label}_mistakes.png")]
+        ax.set_title(f"true {test_y[index]}, pred {predicted[index]}\n"
+                     f"{confidence[index]:.0%} sure", fontsize=7)
+    fig.suptitle(f"{case_name(history)}: the {len(worst)} most confident mistakes of "
+                 f"{len(wrong)}")
+    return [confusion_path, save_figure(fig, out / f"{label}_mistakes.png")]
 
 
 # ----------------------------------------------------------------------------- command line
@@ -238,15 +260,18 @@ def plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out, n_mistake
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("runs", nargs="*", help="run folders (default: every folder under runs/ with a history.json)")
+    parser.add_argument("runs", nargs="*",
+                        help="run folders (default: every folder under runs/ with a history.json)")
     parser.add_argument("--figures", "--out", dest="figures", default="figures",
                         help="where the PNGs and table.md go (--out: the same, its older name)")
-    parser.add_argument("--data-dir", default="data", help="MNIST for the confusion matrix and mistakes")
+    parser.add_argument("--data-dir", default="data",
+                        help="MNIST for the confusion matrix and mistakes")
     args = parser.parse_args(argv)
 
     run_dirs = args.runs or sorted(p.parent for p in Path("runs").glob("*/history.json"))
     if not run_dirs:
-        sys.exit("error: no runs found under runs/; train one first (python cnn.py --bn) or name run folders")
+        sys.exit("error: no runs found under runs/; train one first (python cnn.py --bn) or "
+                 "name run folders")
     runs = load_runs(run_dirs)
     out = Path(args.figures)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,22 +279,24 @@ def main(argv=None):
     written = []
     for _, history in runs:
         written += plot_run(history, out)
-    by_model = {}
+    by_model = {}   # model -> norm -> (history, activation)
     for run_dir, history in runs:
-        by_model.setdefault(history["model"], {})[history["bn"]] = (history, load_activation(run_dir))
-    for pair in by_model.values():
-        if len(pair) == 2:
-            (bn_history, bn_activation), (plain_history, plain_activation) = pair[True], pair[False]
+        by_model.setdefault(history["model"], {})[history["norm"]] = (
+            history, load_activation(run_dir))
+    for norms in by_model.values():
+        if "bn" in norms and "none" in norms:
+            (bn_history, bn_activation), (plain_history, plain_activation) = (
+                norms["bn"], norms["none"])
             written.append(plot_bn_comparison(bn_history, plain_history, out))
             if bn_activation and plain_activation:
-                written.append(plot_activation(pair[True], pair[False], out))
+                written.append(plot_activation(norms["bn"], norms["none"], out))
             else:
-                print(f"skipping {bn_history['model']}_activation.png: a run of it has no readable "
-                      "activation.json", file=sys.stderr)
+                print(f"skipping {bn_history['model']}_activation.png: a run of it has no "
+                      "readable activation.json", file=sys.stderr)
 
     try:
         _, _, test_x, test_y = solver.load_mnist(args.data_dir, torch.device("cpu"))
-    except solver.SolverError as error:
+    except plumbing.SolverError as error:
         print(f"skipping the confusion matrices and mistakes: {error}", file=sys.stderr)
     else:
         for run_dir, history in runs:
@@ -278,7 +305,8 @@ def main(argv=None):
                     written += plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out)
                 except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
                     print(f"skipping {run_label(history)}'s confusion matrix and mistakes: "
-                          f"{run_dir / 'checkpoint.pt'} cannot be used ({type(error).__name__})", file=sys.stderr)
+                          f"{run_dir / 'checkpoint.pt'} cannot be used "
+                          f"({type(error).__name__})", file=sys.stderr)
 
     table = comparison_table([history for _, history in runs])
     (out / "table.md").write_text(table)

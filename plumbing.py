@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import torchvision
 
+import registry
+
 try:
     import fcntl   # POSIX; elsewhere runs are not locked
 except ImportError:
@@ -156,9 +158,9 @@ def keep_freed_memory_for_reuse():
 
     PyTorch takes CPU tensors straight from malloc. By default glibc hands the memory of large
     tensors back to the operating system when they are freed, so the next step's tensors of the
-    same size page-fault it in again, page by page (the CNN's first BN layer alone: ~240 faults
-    per step). With the two thresholds raised, freed blocks are reused and the faults stop;
-    `python bench.py --default-malloc` shows the difference. Does nothing without glibc.
+    same size page-fault it in again, page by page, every step. With the two thresholds raised,
+    freed blocks are reused and the faults stop; `python bench.py --default-malloc` shows the
+    difference (docs/performance-notes.md). Does nothing without glibc.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -265,7 +267,7 @@ def save_files(files):
             os.replace(tmp, path)
 
 
-def load_checkpoint(path, name, bn):
+def load_checkpoint(path, name, norm):
     """checkpoint.pt for --resume, if it exists, is readable and holds this script's run."""
     if not path.exists():
         raise SolverError(f"--resume: there is no checkpoint.pt in {path.parent}; run without "
@@ -275,10 +277,10 @@ def load_checkpoint(path, name, bn):
     except Exception as error:
         raise SolverError(f"--resume: {path} cannot be read ({type(error).__name__}); "
                           "delete it and start again") from None
-    if (checkpoint.get("model"), checkpoint.get("bn")) != (name, bn):
-        bn_flag = lambda b: "--bn" if b else "--no-bn"
+    saved_norm = registry.norm_of(checkpoint)   # a checkpoint from before `norm`: from `bn`
+    if (checkpoint.get("model"), saved_norm) != (name, norm):
         raise SolverError(f"--resume: {path} holds a {checkpoint.get('model')} run with "
-                          f"{bn_flag(checkpoint.get('bn'))}, not {name} with {bn_flag(bn)}; "
+                          f"--norm {saved_norm}, not {name} with --norm {norm}; "
                           "use the matching script and flag, or another --out")
     return checkpoint
 

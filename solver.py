@@ -1,7 +1,8 @@
 """The training loop the three model scripts share, in the order a run needs it.
 
-Each model script holds its network and a `config` dict in the report's key names and calls
-`run`. Read on: the flags, MNIST into tensors, the learning-rate schedule, the random shift,
+Each model script holds its network and a `config` dict, DEFAULTS below with what that network
+changes, and calls `run`. Read on: the recipe and the flags, MNIST into tensors, the optimizer
+and the learning-rate schedule, the random shift,
 the activation probe, `train_one_epoch`, `evaluate`, saving, and the epochs (`train`, `run`).
 What keeps a run safe (value checks, a lock, atomic saves, one-line failures) is in plumbing.py.
 """
@@ -15,11 +16,29 @@ import torch.nn.functional as F
 from torch import nn
 
 import plumbing
-from plumbing import SolverError, non_negative_float, non_negative_int, positive_int
+import registry
+from batchnorm import NORMALIZATIONS
+from plumbing import non_negative_float, non_negative_int, positive_int
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081   # of the 60,000 training images, pixels scaled to [0, 1]
 EVAL_BATCH_SIZE = 100   # not 1,000: the conv nets' activations for 1,000 images outgrow the cache
 PROBE_UNIT = 0          # the unit whose input distribution activation.json tracks
+
+# ----------------------------------------------------------------------------- the recipe
+DEFAULTS = {   # the report's SGD recipe, in its key names; a script's config changes what differs
+    "learning_rate": 0.1,
+    "weight_decay": 1e-4,
+    "momentum": 0.9,          # SGD's momentum (BN's running-average momentum is batchnorm.py's)
+    "batch_size": 100,
+    "max_epoch": 100,
+    "disp_freq": 50,          # iterations per log line and per point of the training curves
+    # Not in the report: a cosine schedule (--plain gives the report's constant rate), epochs
+    # of rising rate before it, random shifts of the training images (px).
+    "lr_schedule": "cosine",
+    "warmup_epochs": 0,
+    "augment_shift": 0,
+    "norm": "none",           # the normalization layer: a name of batchnorm.NORMALIZATIONS
+}
 
 # ----------------------------------------------------------------------------- the flags
 CONFIG_FLAGS = {  # config key (the report's name): the flag that overrides it, its check, its help
@@ -30,19 +49,23 @@ CONFIG_FLAGS = {  # config key (the report's name): the flag that overrides it, 
     "warmup_epochs": ("--warmup-epochs", non_negative_int, "rising-rate epochs before the cosine"),
     "augment_shift": ("--augment-shift", non_negative_int, "random shifts of training images, px"),
     "weight_decay": ("--weight-decay", non_negative_float, "L2 penalty added by SGD"),
-    "momentum": ("--momentum", plumbing.momentum_value, "SGD momentum"),
+    "momentum": ("--momentum", plumbing.momentum_value,
+                 "SGD's momentum (not BN's running-average momentum, batchnorm.py's 0.9)"),
     "disp_freq": ("--disp-freq", positive_int, "iterations per log line and point of the curves"),
+    "norm": ("--norm", plumbing.one_of(*NORMALIZATIONS),
+             "the normalization before each nonlinearity: " + ", ".join(NORMALIZATIONS)),
 }
 
 
-def parse_args(name, config, bn_default, argv=None):
+def parse_args(name, config, argv=None):
     parser = argparse.ArgumentParser(
         prog=f"{name}.py", description=f"Train the {name} on MNIST with SGD (see {name}.py).")
     add = parser.add_argument
-    add("--bn", action=argparse.BooleanOptionalAction, default=bn_default,
-        help="use batchnorm.py's Batch Normalization layers (default: %(default)s)")
     for key, (flag, check, text) in CONFIG_FLAGS.items():
         add(flag, dest=key, type=check, default=config[key], help=f"{text} (default: %(default)s)")
+    # The report's switch, kept as it was: the same value as --norm; the last one given wins.
+    add("--bn", dest="norm", action="store_const", const="bn", help="the same as --norm bn")
+    add("--no-bn", dest="norm", action="store_const", const="none", help="the same as --norm none")
     add("--plain", action="store_true",
         help="the report's recipe: --lr-schedule constant --warmup-epochs 0 --augment-shift 0")
     add("--seed", type=int, default=0, help="(default: %(default)s)")
@@ -50,13 +73,13 @@ def parse_args(name, config, bn_default, argv=None):
     add("--data-dir", default="data",
         help="a folder holding MNIST/raw/, or where to download it (default: %(default)s)")
     add("--out", default=None, help=f"where history.json, activation.json and checkpoint.pt go "
-                                     f"(default: runs/{name}, or runs/{name}_bn with --bn)")
+                                     f"(default: runs/{name}, or runs/{name}_<norm>)")
     add("--resume", action="store_true", help="continue from checkpoint.pt in --out")
     args = parser.parse_args(argv)
     if args.plain:
         args.lr_schedule, args.warmup_epochs, args.augment_shift = "constant", 0, 0
     if args.out is None:
-        args.out = f"runs/{name}_bn" if args.bn else f"runs/{name}"
+        args.out = str(registry.run_folder(name, args.norm))
     return args
 
 
@@ -75,9 +98,12 @@ def load_mnist(data_dir, device):
     train_set, test_set = plumbing.read_mnist(data_dir)
     return (*as_tensors(train_set), *as_tensors(test_set))
 
-# ----------------------------------------------------------------------------- schedule, probe
+# ----------------------------------------------------------------------------- optimizer, schedule
 def make_optimizer(model, config):
-    """SGD with the config's rate, momentum and weight decay; foreach: one call for all tensors."""
+    """SGD with the config's rate, momentum and weight decay; foreach: one call for all tensors.
+
+    The one place to try another optimizer, e.g. torch.optim.Adam(model.parameters(),
+    lr=config["learning_rate"]); `learning_rate` below sets each group's "lr" every epoch."""
     return torch.optim.SGD(model.parameters(), lr=config["learning_rate"], foreach=True,
                            momentum=config["momentum"], weight_decay=config["weight_decay"])
 
@@ -109,29 +135,36 @@ def random_shift(images, max_shift, generator):
     return windows[torch.arange(n, device=images.device), dy, dx].unsqueeze(1)
 
 
+def percentiles(values):
+    """{"p15", "p50", "p85"}: the 15th, 50th and 85th percentiles of a tensor's values, the
+    BN paper's Fig. 1 view of a unit's input distribution."""
+    values = values.detach().flatten().float()
+    quantiles = torch.tensor([0.15, 0.50, 0.85], device=values.device)
+    return dict(zip(("p15", "p50", "p85"), torch.quantile(values, quantiles).tolist()))
+
+
 class InputProbe:
-    """How the input of the model's first ReLU moves during training (BN paper, Fig. 1).
+    """How the input of one unit of a layer moves during training (BN paper, Fig. 1).
 
-    A forward hook keeps the latest input (no work per step); `record_window`, the on_window
-    callback, appends its 15th, 50th and 85th percentiles for one unit to `self.record`."""
+    A forward pre-hook on `module` (default: the model's first ReLU) keeps its latest input (no
+    work per step); `record_window(iteration)`, called per window, appends that input's
+    percentiles for one unit (channel) to `self.record`."""
 
-    def __init__(self, model, unit=PROBE_UNIT):
+    def __init__(self, model, unit=PROBE_UNIT, module=None, layer="input of the first ReLU"):
         self.latest = None
-        self.record = {"layer": "input of the first ReLU", "unit": unit,
-                       "iter": [], "p15": [], "p50": [], "p85": []}
-        first_relu = next((m for m in model.modules() if isinstance(m, nn.ReLU)), None)
-        if first_relu is not None:   # a model without ReLU records nothing
-            first_relu.register_forward_hook(self._keep)
+        self.record = {"layer": layer, "unit": unit, "iter": [], "p15": [], "p50": [], "p85": []}
+        if module is None:
+            module = next((m for m in model.modules() if isinstance(m, nn.ReLU)), None)
+        if module is not None:   # a model without ReLU records nothing
+            module.register_forward_pre_hook(self._keep)
 
-    def _keep(self, module, inputs, output):
+    def _keep(self, module, inputs):
         self.latest = inputs[0]
 
-    def record_window(self, iteration, model=None):
+    def record_window(self, iteration):
         if self.latest is None:
             return
-        values = self.latest.detach()[:, self.record["unit"]].flatten().float()
-        quantiles = torch.tensor([0.15, 0.50, 0.85], device=values.device)
-        for key, value in zip(("p15", "p50", "p85"), torch.quantile(values, quantiles).tolist()):
+        for key, value in percentiles(self.latest[:, self.record["unit"]]).items():
             self.record[key].append(value)
         self.record["iter"].append(iteration)
 
@@ -193,8 +226,12 @@ def evaluate(model, images, labels, batch_size=EVAL_BATCH_SIZE):
     return total_loss.item() / len(images), correct.item() / len(images)
 
 # ----------------------------------------------------------------------------- saving
-def new_history(name, bn, params, config, device):
-    return {"model": name, "bn": bn, "params": params, "config": config, "device": str(device),
+def new_history(name, norm, params, config, device):
+    """history.json's content (registry.history_keys() lists its keys); `bn` is kept for the
+    tools that read histories written before `norm`, and the thread count because it changes
+    the last digits of a run."""
+    return {"model": name, "norm": norm, "bn": norm == "bn", "params": params, "config": config,
+            "device": str(device), "threads": torch.get_num_threads(),
             "train": {"iter": [], "loss": [], "acc": []},
             "test": {"epoch": [], "loss": [], "acc": []},
             "epoch_time_s": [], "train_time_s": 0.0, "best_test_acc": None}
@@ -234,9 +271,12 @@ def train(model, optimizer, data, config, generator, history, first_epoch=0,
     return history
 
 
-def run(name, build_model, config, bn_default, argv=None):
-    """Parse the command line, train, save after every epoch; exit cleanly on known failures."""
-    args = parse_args(name, config, bn_default, argv)
+def run(name, build_model, config, argv=None):
+    """Parse the command line, train, save after every epoch; exit cleanly on known failures.
+
+    build_model(norm) gives the network with the normalization that config["norm"] (or
+    --norm, --bn, --no-bn) names."""
+    args = parse_args(name, config, argv)
     out = Path(args.out)
     stop_message = plumbing.run_stop_message(out, f"{name}.py", argv, args.resume)
     with plumbing.one_line_failures(stop_message):
@@ -253,24 +293,26 @@ def _run(name, build_model, config, args, out, device):
 
     torch.manual_seed(config["seed"])                      # the same initial weights every time
     generator = torch.Generator().manual_seed(config["seed"])   # the same batches and shifts
-    model = build_model(args.bn).to(device)
+    norm = config["norm"]
+    model = build_model(norm).to(device)
     optimizer = make_optimizer(model, config)
     params = sum(p.numel() for p in model.parameters())
-    history = new_history(name, args.bn, params, config, device)
+    history = new_history(name, norm, params, config, device)
     probe = InputProbe(model)
     first_epoch = 0
     if args.resume:
-        checkpoint = plumbing.load_checkpoint(out / "checkpoint.pt", name, args.bn)
+        checkpoint = plumbing.load_checkpoint(out / "checkpoint.pt", name, norm)
         model.load_state_dict(checkpoint["model_state"])
         optimizer.load_state_dict(checkpoint["optimizer_state"])
         generator.set_state(checkpoint["shuffle_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
-        history, probe.record = checkpoint["history"], checkpoint["activation"]
+        history, probe.record = registry.upgraded(checkpoint["history"]), checkpoint["activation"]
         first_epoch, history["config"] = checkpoint["epoch"], config
+        history["threads"] = torch.get_num_threads()
         print(f"resuming {out} after epoch {first_epoch}")
 
-    print(f"{name}{' with BN' if args.bn else ''}: {params:,} parameters, {device}, "
-          f"{config['max_epoch']} epochs, writing to {out}")
+    print(f"{name}{'' if norm == 'none' else ' with ' + norm}: {params:,} parameters, {device}, "
+          f"{torch.get_num_threads()} threads, {config['max_epoch']} epochs, writing to {out}")
     run_start = time.perf_counter()
 
     def log_window(iteration, model):
@@ -281,7 +323,7 @@ def _run(name, build_model, config, args, out, device):
 
     def save_epoch(epoch, lr):
         save_run(out, history, probe.record, {
-            "model": name, "bn": args.bn, "epoch": epoch,
+            "model": name, "norm": norm, "bn": norm == "bn", "epoch": epoch,
             "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
             "shuffle_rng": generator.get_state(), "torch_rng": torch.get_rng_state(),
             "history": history, "activation": probe.record})

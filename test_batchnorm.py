@@ -228,7 +228,7 @@ def with_random_statistics(model, dtype, seed=0):
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_folded_model_gives_the_same_eval_outputs(script, dtype, tol):
     torch.manual_seed(0)
-    model = with_random_statistics(script.build_model(True), dtype)
+    model = with_random_statistics(script.build_model("bn"), dtype)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     folded = batchnorm.fold_batchnorm(model)
     assert not batchnorm.batchnorm_layers(folded) and not folded.training

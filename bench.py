@@ -1,4 +1,4 @@
-"""Where the training time goes: the project's loop against a DataLoader pipeline and the bare limit.
+"""Where the training time goes: our loop against a DataLoader pipeline and the bare limit.
 
     python bench.py                   # about 10 minutes on a 2-core CPU
     python bench.py --steps 5 --repeats 1 --models mlp   # a smoke test
@@ -32,22 +32,24 @@ from torchvision import transforms
 
 import batchnorm
 import plumbing
+import registry
 import solver
-from plot import MODELS   # name -> model script
 
 STEPS_PER_EPOCH = 600
 BATCH = 100
 
 
-SGD_CONFIG = {"learning_rate": 0.01, "momentum": 0.9, "weight_decay": 1e-4}   # for solver.make_optimizer
+SGD_CONFIG = {"learning_rate": 0.01, "momentum": 0.9, "weight_decay": 1e-4}   # make_optimizer's
 
 
 def with_torch_batchnorm(model):
     """The same model with each batchnorm.py layer replaced by torch.nn's (momentum 1 - ours)."""
     for name, child in model.named_children():
         if isinstance(child, batchnorm.BatchNorm):
-            torch_cls = nn.BatchNorm1d if isinstance(child, batchnorm.BatchNorm1d) else nn.BatchNorm2d
-            setattr(model, name, torch_cls(child.num_features, eps=child.eps, momentum=1 - child.momentum))
+            is_1d = isinstance(child, batchnorm.BatchNorm1d)
+            torch_cls = nn.BatchNorm1d if is_1d else nn.BatchNorm2d
+            setattr(model, name, torch_cls(child.num_features, eps=child.eps,
+                                           momentum=1 - child.momentum))
         else:
             with_torch_batchnorm(child)
     return model
@@ -55,12 +57,13 @@ def with_torch_batchnorm(model):
 
 def time_loop(model, probe, train_x, train_y, steps):
     config = {"batch_size": BATCH, "disp_freq": 50, "augment_shift": 0}
-    history = solver.new_history("bench", False, 0, config, "cpu")
+    history = solver.new_history("bench", "none", 0, config, "cpu")
     optimizer = solver.make_optimizer(model, SGD_CONFIG)
     x, y = train_x[:steps * BATCH], train_y[:steps * BATCH]
+    generator = torch.Generator().manual_seed(0)
+    record = lambda iteration, model: probe.record_window(iteration)   # as solver.run does
     start = time.perf_counter()
-    solver.train_one_epoch(model, optimizer, (x, y), config, 0, torch.Generator().manual_seed(0),
-                           history, on_window=probe.record_window)
+    solver.train_one_epoch(model, optimizer, (x, y), config, 0, generator, history, record)
     return time.perf_counter() - start
 
 
@@ -110,8 +113,9 @@ BACKWARD_SHAPES = {"mlp (100, 128)": (100, 128), "cnn (100, 4, 28, 28)": (100, 4
 
 
 def backward_table(repeats, calls=50):
-    """BN's backward in closed form (BatchNormFunction, through autograd) against the chain rule
-    step by step (batch_norm_backward_by_steps); each side includes its forward, ms per call."""
+    """BN's backward in closed form (BatchNormFunction, through autograd) against the chain
+    rule step by step (batch_norm_backward_by_steps); each side includes its forward, ms per
+    call."""
     rows = ["| BN input | closed form (ms) | step by step (ms) | step by step / closed form |",
             "| --- | ---: | ---: | ---: |"]
     for label, shape in BACKWARD_SHAPES.items():
@@ -134,7 +138,8 @@ def backward_table(repeats, calls=50):
             return (time.perf_counter() - start) / calls * 1e3
 
         t = interleaved_times({"closed": closed_form, "steps": by_steps}, repeats)
-        rows.append(f"| {label} | {statistics.median(t['closed']):.3f} | {statistics.median(t['steps']):.3f} "
+        rows.append(f"| {label} | {statistics.median(t['closed']):.3f} "
+                    f"| {statistics.median(t['steps']):.3f} "
                     f"| {median_ratio(t['steps'], t['closed']):.2f} |")
     return rows
 
@@ -142,9 +147,9 @@ def backward_table(repeats, calls=50):
 def interleaved_times(measures, repeats):
     """`repeats` times of each measurement, taken in turns so that all see the same machine.
 
-    Run one after the other, a slow phase of a shared CPU (speed here drifts by 20-50% over
-    seconds) would land on one of them and skew the ratio; in turns, round i of every
-    measurement sees about the same speed, so a ratio is taken within each round.
+    Run one after the other, a slow phase of a shared CPU (its speed drifts over seconds) would
+    land on one of them and skew the ratio; in turns, round i of every measurement sees about
+    the same speed, so a ratio is taken within each round.
     """
     for measure in measures.values():
         measure()   # warm-up: first calls allocate and pick kernels
@@ -165,28 +170,32 @@ def main(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--steps", type=plumbing.positive_int, default=100,
                         help=f"training steps per measurement, at most {STEPS_PER_EPOCH}")
-    parser.add_argument("--repeats", type=plumbing.positive_int, default=5, help="measurements per number (median)")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--repeats", type=plumbing.positive_int, default=5,
+                        help="measurements per number (median)")
+    parser.add_argument("--models", nargs="+", choices=registry.MODEL_NAMES,
+                        default=list(registry.MODEL_NAMES))
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--threads", type=plumbing.positive_int, default=torch.get_num_threads(),
-                        help="torch's intra-op threads; the default is torch's choice for this machine")
+                        help="torch's intra-op threads; the default is torch's choice here")
     parser.add_argument("--default-malloc", action="store_true",
                         help="skip plumbing.keep_freed_memory_for_reuse(), to see what it saves")
     args = parser.parse_args(argv)
     if args.steps > STEPS_PER_EPOCH:
-        parser.error(f"--steps {args.steps}: at most {STEPS_PER_EPOCH}, one epoch of the training set")
+        parser.error(f"--steps {args.steps}: at most {STEPS_PER_EPOCH}, one epoch of the "
+                     "training set")
     torch.set_num_threads(args.threads)
     if not args.default_malloc:
         plumbing.keep_freed_memory_for_reuse()   # as the scripts do
 
     try:
         train_x, train_y, test_x, test_y = solver.load_mnist(args.data_dir, torch.device("cpu"))
-    except solver.SolverError as error:
+    except plumbing.SolverError as error:
         sys.exit(f"error: {error}")
     if args.steps * BATCH > len(train_x):
         sys.exit(f"error: --steps {args.steps} needs {args.steps * BATCH} training images, "
                  f"{args.data_dir} has {len(train_x)}; use fewer --steps")
-    batches = [(train_x[i * BATCH:(i + 1) * BATCH], train_y[i * BATCH:(i + 1) * BATCH]) for i in range(args.steps)]
+    batches = [(train_x[i * BATCH:(i + 1) * BATCH], train_y[i * BATCH:(i + 1) * BATCH])
+               for i in range(args.steps)]
     per_epoch = STEPS_PER_EPOCH / args.steps
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; seconds per epoch of "
           f"{STEPS_PER_EPOCH} steps, from {args.steps} steps, median of {args.repeats}\n")
@@ -194,10 +203,11 @@ def main(argv=None):
             "| our BN / torch BN (step) | eval 10k (s) | eval 10k, BN folded (s) |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in args.models:
-        build_model = MODELS[name].build_model
-        for bn in (False, True):
+        build_model = registry.model_script(name).build_model
+        for norm in ("none", "bn"):
+            bn = norm == "bn"
             torch.manual_seed(0)
-            model = build_model(bn)
+            model = build_model(norm)
             # The loop trains a copy, so that the activation probe's hook stays off the bare step.
             loop_model = copy.deepcopy(model)
             probe = solver.InputProbe(loop_model)
@@ -207,18 +217,20 @@ def main(argv=None):
                 "loop": lambda: time_loop(loop_model, probe, train_x, train_y, args.steps),
                 "bare": lambda: time_bare(model, batches)}
             if bn:
-                torch_bn_model = with_torch_batchnorm(build_model(bn))
+                torch_bn_model = with_torch_batchnorm(build_model(norm))
                 measures["bare, torch BN"] = lambda: time_bare(torch_bn_model, batches)
             measures["dataloader"] = lambda: time_dataloader(model, args.data_dir, args.steps)
             measures["eval"] = lambda: time_evaluate(model, test_x, test_y)
             if bn:
                 measures["eval, folded"] = lambda: time_evaluate(model, test_x, test_y, fold=True)
             t = interleaved_times(measures, args.repeats)
-            loop, pipeline, bare = (statistics.median(t[key]) * per_epoch for key in ("loop", "dataloader", "bare"))
+            loop, pipeline, bare = (statistics.median(t[key]) * per_epoch
+                                    for key in ("loop", "dataloader", "bare"))
             bn_ratio = f"{median_ratio(t['bare'], t['bare, torch BN']):.2f}" if bn else "-"
             folded = f"{statistics.median(t['eval, folded']):.3f}" if bn else "-"
-            rows.append(f"| {name}{' + BN' if bn else ''} | {loop:.2f} | {pipeline:.2f} | {bare:.2f} "
-                        f"| {median_ratio(t['loop'], t['bare']):.2f} | {median_ratio(t['dataloader'], t['loop']):.1f} "
+            rows.append(f"| {name}{' + BN' if bn else ''} | {loop:.2f} | {pipeline:.2f} "
+                        f"| {bare:.2f} | {median_ratio(t['loop'], t['bare']):.2f} "
+                        f"| {median_ratio(t['dataloader'], t['loop']):.1f} "
                         f"| {bn_ratio} | {statistics.median(t['eval']):.3f} | {folded} |")
             print(rows[-1], flush=True)
     print("\n" + "\n".join(rows) + "\n\n" + "\n".join(backward_table(args.repeats)))

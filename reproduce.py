@@ -1,14 +1,15 @@
 """Every number and figure of README in one command: the report's five runs, then plot.py.
 
     python reproduce.py                  # the five default commands one after another, then plot.py
-    python reproduce.py --epochs 1       # a quick end-to-end check, in runs/epochs_1/ (figures there too)
+    python reproduce.py --epochs 1       # a quick check, in runs/epochs_1/ (figures there too)
     python reproduce.py --experiments    # then also `python experiments.py all`
 
-Each run is the script's own command with its defaults (`python cnn.py --bn --out runs/cnn_bn`),
-so its numbers are exactly those of the individual commands. Run again after an interruption,
-it skips finished runs (a history.json with every epoch and the same config) and continues an
-interrupted one with --resume; a folder that holds a run with another config is reported and
-left alone. At the end: plot.py's table, the wall time of each run, both also in table.md.
+Each run is the script's own command with its defaults (`python cnn.py --bn --out
+runs/cnn_bn`), so its numbers are exactly those of the individual commands. Run again after an
+interruption, it skips finished runs (a history.json with every epoch and the same config, older
+histories included) and continues an interrupted one with --resume; a folder that holds a run
+with another config is reported and left alone. At the end: plot.py's table, the wall time of
+each run, both also in table.md.
 """
 import argparse
 import json
@@ -18,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-import plot
 import plumbing
+import registry
 import solver
 
 RUNS = [("mlp", []), ("mlp", ["--bn"]), ("cnn", []), ("cnn", ["--bn"]), ("resnet", [])]
@@ -35,7 +36,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", choices=plumbing.DEVICES, default="auto")
     parser.add_argument("--out", default="runs", help="the folder of the runs")
     parser.add_argument("--figures", default=None,
-                        help="where plot.py writes (default: figures, or <runs>/figures with --epochs)")
+                        help="where plot.py writes (default: figures, or <runs>/figures with "
+                             "--epochs)")
     parser.add_argument("--epochs", type=plumbing.positive_int, default=None,
                         help="passed to every script: a quick check, in <out>/epochs_N/ of its own")
     parser.add_argument("--experiments", action="store_true",
@@ -51,21 +53,22 @@ class Run:
     """One of the five commands: its script, flags, folder and the config it will train with."""
 
     def __init__(self, name, flags, args):
-        self.name, self.script = name, plot.MODELS[name]
+        self.name, self.script = name, registry.model_script(name)
         self.flags = flags + (["--epochs", str(args.epochs)] if args.epochs else [])
-        bn_default = name == "resnet"
-        parsed = solver.parse_args(name, self.script.config, bn_default, self.flags)
-        self.label = f"{name}_bn" if parsed.bn else name
-        self.out = args.runs_dir / self.label
+        parsed = solver.parse_args(name, self.script.config, self.flags)
+        self.label = registry.run_label(name, parsed.norm)
+        self.out = registry.run_folder(name, parsed.norm, root=args.runs_dir)
         self.config = solver.effective_config(self.script.config, parsed)
         self.command = ["python", f"{name}.py", *self.flags, "--data-dir", str(args.data_dir),
                         "--device", args.device, "--out", str(self.out)]
 
     def history(self):
+        """The run's history.json as written today (one from before `norm` upgraded), or None."""
         try:
-            return json.loads((self.out / "history.json").read_text())
+            history = json.loads((self.out / "history.json").read_text())
         except (OSError, ValueError):
             return None
+        return registry.upgraded(history) if isinstance(history, dict) else None
 
     def state(self):
         """'new', 'resume', 'done' or 'other' (the folder holds a run with another config)."""
@@ -108,7 +111,8 @@ def run_one(command, stop_message):
     try:
         code = child.wait()
     except KeyboardInterrupt as stop:   # Ctrl-C or SIGTERM (plumbing.Terminated): pass it on, once
-        child.send_signal(signal.SIGTERM if isinstance(stop, plumbing.Terminated) else signal.SIGINT)
+        terminated = isinstance(stop, plumbing.Terminated)
+        child.send_signal(signal.SIGTERM if terminated else signal.SIGINT)
         child.wait()
         raise
     if code != 0:
@@ -126,14 +130,16 @@ def results_table(runs, wall_times):
         wall = wall_times.get(run.label)
         rows.append(f"| `python {run.name}.py{' ' if run.flags else ''}{' '.join(run.flags)}` "
                     f"| {REPORT[run.label]} | {history['test']['acc'][-1]:.2%} "
-                    f"({history['best_test_acc']:.2%}) | {plot.format_time(wall) if wall else '-'} |")
+                    f"({history['best_test_acc']:.2%}) "
+                    f"| {registry.format_time(wall) if wall else '-'} |")
     return "\n".join(rows) + "\n"
 
 
 def main(argv=None):
     args = parse_args(argv)
     again = plumbing.command_line("reproduce.py", argv)
-    stop_message = lambda: f"finished epochs and runs are kept in {args.runs_dir}; continue with:\n  {again}"
+    stop_message = lambda: (f"finished epochs and runs are kept in {args.runs_dir}; "
+                            f"continue with:\n  {again}")
     with plumbing.one_line_failures(stop_message):
         reproduce(args, stop_message)
 
@@ -141,22 +147,23 @@ def main(argv=None):
 def reproduce(args, stop_message):
     runs = [Run(name, flags, args) for name, flags in RUNS]
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    times_path = args.runs_dir / "wall_times.json"   # wall time of each command, summed over resumes
+    times_path = args.runs_dir / "wall_times.json"   # each command's wall time, over resumes
     wall_times = json.loads(times_path.read_text()) if times_path.exists() else {}
     others = [run for run in runs if run.state() == "other"]
     start = time.perf_counter()
     for number, run in enumerate(runs, 1):
         state, shown = run.state(), " ".join(run.command)
         if state in ("done", "other"):
-            why = "already finished" if state == "done" else "its folder holds a run with another config"
+            why = ("already finished" if state == "done"
+                   else "its folder holds a run with another config")
             print(f"[{number}/{len(runs)}] skipping {shown}: {why}", flush=True)
             continue
         seconds, untimed = time_left([r for r in runs if r not in others])
-        estimate = f", about {plot.format_time(seconds)} of training left" if seconds else ""
+        estimate = f", about {registry.format_time(seconds)} of training left" if seconds else ""
         if seconds and untimed:
             estimate += f" (and {', '.join(untimed)}, not timed yet)"
-        print(f"\n[{number}/{len(runs)}] {shown}{' --resume' if state == 'resume' else ''}{estimate}",
-              flush=True)
+        resume = " --resume" if state == "resume" else ""
+        print(f"\n[{number}/{len(runs)}] {shown}{resume}{estimate}", flush=True)
         run_start = time.perf_counter()
         run_one(run.command + (["--resume"] if state == "resume" else []), stop_message)
         wall_times[run.label] = wall_times.get(run.label, 0) + time.perf_counter() - run_start
@@ -165,8 +172,8 @@ def reproduce(args, stop_message):
     finished = [run for run in runs if run.state() == "done"]
     if finished:
         print(f"\nplot.py on {len(finished)} runs, figures into {args.figures}", flush=True)
-        run_one(["python", "plot.py", *(str(r.out) for r in finished), "--figures", str(args.figures),
-                 "--data-dir", str(args.data_dir)], stop_message)
+        run_one(["python", "plot.py", *(str(r.out) for r in finished),
+                 "--figures", str(args.figures), "--data-dir", str(args.data_dir)], stop_message)
         table = results_table(runs, wall_times)
         table_path = Path(args.figures) / "table.md"
         table_path.write_text(table_path.read_text() + "\n" + table)
@@ -176,7 +183,7 @@ def reproduce(args, stop_message):
                  "--data-dir", str(args.data_dir), "--device", args.device,
                  "--out", str(args.runs_dir / "experiments"), "--figures", str(args.figures)],
                 stop_message)
-    print(f"reproduce.py: {plot.format_time(time.perf_counter() - start)} in this call")
+    print(f"reproduce.py: {registry.format_time(time.perf_counter() - start)} in this call")
     if others:
         raise plumbing.SolverError(
             "not overwritten, since they hold runs with another config: "

@@ -1,8 +1,16 @@
-"""Shared test fixtures: a tiny MNIST written as real IDX files, so no test ever downloads."""
+"""What the test modules share: a tiny MNIST written as real IDX files (no test ever downloads),
+the real MNIST where ../shared/data has it, and a script's training run in this process."""
 import struct
+from pathlib import Path
 
 import pytest
 import torch
+
+import registry
+import solver
+
+REPO = Path(__file__).resolve().parent
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def write_idx(path, array):
@@ -27,3 +35,45 @@ def tiny_mnist(tmp_path_factory):
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return root
+
+
+@pytest.fixture(scope="session")
+def real_mnist():
+    """../shared/data, the real MNIST; the test is skipped, saying why, where it is absent."""
+    if not (SHARED_DATA / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found in {SHARED_DATA}/MNIST/raw")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def repo():
+    """The repository's folder: the working directory of the tests' real subprocesses."""
+    return REPO
+
+
+def train_script(name, data_dir, out, *flags):
+    """`python <name>.py --data-dir ... --out ... <flags>` run in this process.
+
+    On the CPU unless the flags say otherwise: "same seed, same numbers" is promised there, and
+    `--device auto` would pick a GPU where the suite runs on a machine that has one.
+    """
+    script = registry.model_script(name)
+    argv = ["--data-dir", str(data_dir), "--out", str(out), "--disp-freq", "1", "--device", "cpu",
+            *flags]
+    solver.run(name, script.build_model, script.config, argv=argv)
+
+
+@pytest.fixture(scope="session")
+def train():
+    """train(name, data_dir, out, *flags): a model script's run, in this process."""
+    return train_script
+
+
+@pytest.fixture
+def exit_code_and_stderr(capsys):
+    """exit_code_and_stderr(call): the SystemExit code of call() and what it wrote to stderr."""
+    def run(call):
+        with pytest.raises(SystemExit) as stop:
+            call()
+        return stop.value.code, capsys.readouterr().err
+    return run

@@ -2,6 +2,7 @@
 import pytest
 
 import bench
+import plumbing
 import solver
 
 
@@ -34,7 +35,7 @@ def test_too_few_images_for_the_steps_is_a_clear_error(tiny_mnist):
 
 def test_missing_mnist_is_one_line_not_a_traceback(monkeypatch):
     def no_mnist(data_dir, device):
-        raise solver.SolverError(f"MNIST is not in {data_dir}/MNIST/raw")
+        raise plumbing.SolverError(f"MNIST is not in {data_dir}/MNIST/raw")
     monkeypatch.setattr(solver, "load_mnist", no_mnist)
     with pytest.raises(SystemExit) as stop:
         bench.main(["--data-dir", "nowhere", "--models", "mlp"])

@@ -8,6 +8,8 @@ from torch import nn
 
 import batchnorm
 import experiments
+import mlp
+from studies.common import CHANCE
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +60,9 @@ def test_lr_marks_the_failures_of_the_network_without_bn(quick_run):
     assert largest["outcome"] == "diverged" and largest["test_acc"] is None
     for point in lr["no_bn"] + lr["bn"]:
         if point["outcome"] == "stuck":
-            assert point["test_acc"] <= experiments.CHANCE
+            assert point["test_acc"] <= CHANCE
         if point["outcome"] == "ok":
-            assert point["test_acc"] > experiments.CHANCE
+            assert point["test_acc"] > CHANCE
 
 
 def test_batch_measures_the_train_eval_gap(quick_run):
@@ -71,7 +73,7 @@ def test_batch_measures_the_train_eval_gap(quick_run):
 
 
 def test_batch_statistics_accuracy_leaves_the_running_estimates_alone(tiny_mnist):
-    model = experiments.mlp.build_model(True)
+    model = mlp.build_model("bn")
     before = [layer.running_mean.clone() for layer in batchnorm.batchnorm_layers(model)]
     experiments.batch_statistics_accuracy(model, torch.randn(20, 1, 28, 28), torch.zeros(20, dtype=torch.int64), 4)
     assert all(torch.equal(a, layer.running_mean) for a, layer in zip(before, batchnorm.batchnorm_layers(model)))

@@ -6,37 +6,48 @@ import torch
 
 import mlp
 import plot
-import solver
+import registry
 
 
-def synthetic_history(bn, crosses_90_at):
-    """A run whose windowed train accuracy first reaches 0.90 at iteration `crosses_90_at`."""
+def synthetic_history(bn, crosses_90_at, written_before_norm=False):
+    """A run whose windowed train accuracy first reaches 0.90 at iteration `crosses_90_at`;
+    written_before_norm: as history.json was before `norm` and `threads` (only `bn`)."""
     iters = list(range(50, 1001, 50))
-    acc = [0.5 + 0.4 * min(1.0, it / crosses_90_at) - (0.001 if it < crosses_90_at else 0) for it in iters]
+    acc = [0.5 + 0.4 * min(1.0, it / crosses_90_at) - (0.001 if it < crosses_90_at else 0)
+           for it in iters]
     acc = [min(a, 0.97) for a in acc]
-    return {
-        "model": "mlp", "bn": bn, "params": 109_568 if bn else 109_184, "config": {"disp_freq": 50},
-        "device": "cpu",
+    norm = "bn" if bn else "none"
+    history = {
+        "model": "mlp", "norm": norm, "bn": bn, "params": 109_568 if bn else 109_184,
+        "config": {"disp_freq": 50, "norm": norm}, "device": "cpu", "threads": 2,
         "train": {"iter": iters, "loss": [1 / it for it in iters], "acc": acc},
         "test": {"epoch": [1, 2], "loss": [0.2, 0.1], "acc": [0.95, 0.96]},
         "epoch_time_s": [40.0, 45.5], "train_time_s": 85.5, "best_test_acc": 0.96,
     }
+    if written_before_norm:
+        del history["norm"], history["threads"], history["config"]["norm"]
+    return history
 
 
-SYNTHETIC_ACTIVATION = {"layer": "input of the first ReLU", "unit": 0, "iter": list(range(50, 1001, 50)),
+SYNTHETIC_ACTIVATION = {"layer": "input of the first ReLU", "unit": 0,
+                        "iter": list(range(50, 1001, 50)),
                         "p15": [-1.0] * 20, "p50": [0.0] * 20, "p85": [1.0] * 20}
 
 
 @pytest.fixture
 def two_runs(tmp_path):
+    """mlp with BN, written today, and mlp without BN, written before `norm` existed: plot.py
+    takes both."""
     dirs = []
     for bn, crossing in ((True, 300), (False, 700)):
         run_dir = tmp_path / f"mlp{'_bn' if bn else ''}"
         run_dir.mkdir()
-        (run_dir / "history.json").write_text(json.dumps(synthetic_history(bn, crossing)))
+        history = synthetic_history(bn, crossing, written_before_norm=not bn)
+        (run_dir / "history.json").write_text(json.dumps(history))
         (run_dir / "activation.json").write_text(json.dumps(SYNTHETIC_ACTIVATION))
         torch.manual_seed(0)
-        torch.save({"model_state": mlp.build_model(bn).state_dict()}, run_dir / "checkpoint.pt")
+        model = mlp.build_model("bn" if bn else "none")
+        torch.save({"model_state": model.state_dict()}, run_dir / "checkpoint.pt")
         dirs.append(run_dir)
     return dirs
 
@@ -46,6 +57,21 @@ def test_converge_iteration_finds_the_first_crossing():
     assert plot.converge_iteration(history, 0.90) == 300
     assert plot.converge_iteration(history, 0.98) is None
     assert plot.converge_iteration(synthetic_history(False, 700), 0.90) == 700
+
+
+def test_a_history_from_before_norm_is_read_as_today():
+    old = synthetic_history(True, 300, written_before_norm=True)
+    upgraded = registry.upgraded(old)
+    assert upgraded["norm"] == upgraded["config"]["norm"] == "bn" and upgraded["threads"] is None
+    assert registry.upgraded(synthetic_history(True, 300)) == synthetic_history(True, 300)
+    assert registry.norm_of(synthetic_history(False, 700, written_before_norm=True)) == "none"
+
+
+def test_run_names_and_folders():
+    assert [registry.run_label("cnn", norm) for norm in ("none", "bn", "gn")] == [
+        "cnn", "cnn_bn", "cnn_gn"]
+    assert str(registry.run_folder("resnet", "bn")) == "runs/resnet_bn"
+    assert set(registry.history_keys()) == set(synthetic_history(True, 300))
 
 
 def test_table_has_the_reports_columns():
@@ -89,28 +115,19 @@ def test_a_folder_that_is_not_our_run_is_a_one_line_error(tmp_path, content, mes
     assert message in str(stop.value.code) and str(stop.value.code).startswith("error:")
 
 
-def test_an_unusable_checkpoint_skips_only_its_confusion_matrix(two_runs, tmp_path, tiny_mnist, capsys):
-    (two_runs[0] / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    out = tmp_path / "figures"
+def test_damaged_runs_skip_only_their_own_figures_and_out_is_the_older_alias(
+        two_runs, tmp_path, tiny_mnist, capsys):
+    """One plot.py call for three things: an unusable checkpoint skips only that run's confusion
+    matrix, a run without activation.json only the activation figure, and --out (the older name
+    of --figures) still picks the folder."""
+    (two_runs[0] / "checkpoint.pt").write_bytes(b"not a checkpoint")   # mlp_bn's
+    (two_runs[1] / "activation.json").unlink()                          # mlp's
+    out = tmp_path / "old"
     plot.main([*map(str, two_runs), "--out", str(out), "--data-dir", str(tiny_mnist)])
     names = {p.name for p in out.iterdir()}
-    assert "mlp_confusion.png" in names and "mlp_bn_confusion.png" not in names and "table.md" in names
-    assert "skipping mlp_bn's confusion matrix" in capsys.readouterr().err
-
-
-def test_a_run_without_activation_json_skips_only_that_figure(two_runs, tmp_path, tiny_mnist, capsys):
-    (two_runs[1] / "activation.json").unlink()
-    out = tmp_path / "figures"
-    plot.main([*map(str, two_runs), "--out", str(out), "--data-dir", str(tiny_mnist)])
-    names = {p.name for p in out.iterdir()}
-    assert "mlp_activation.png" not in names and "mlp_bn_vs_no_bn.png" in names and "table.md" in names
-    assert "skipping mlp_activation.png" in capsys.readouterr().err
-
-
-def test_plot_checks_for_exactly_the_keys_solver_writes():
-    assert set(plot.HISTORY_KEYS) == set(solver.new_history("mlp", True, 0, {}, "cpu"))
-
-
-def test_figures_has_out_as_its_older_alias(two_runs, tmp_path, tiny_mnist):
-    plot.main([*map(str, two_runs), "--out", str(tmp_path / "old"), "--data-dir", str(tiny_mnist)])
-    assert (tmp_path / "old" / "table.md").exists()
+    err = capsys.readouterr().err
+    assert "mlp_confusion.png" in names and "mlp_bn_confusion.png" not in names
+    assert "skipping mlp_bn's confusion matrix" in err
+    assert "mlp_activation.png" not in names and "mlp_bn_vs_no_bn.png" in names
+    assert "skipping mlp_activation.png" in err
+    assert "table.md" in names

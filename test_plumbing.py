@@ -16,17 +16,8 @@ import pytest
 import torch
 import torchvision
 
-import cnn
-import mlp
 import plumbing
 import solver
-from test_solver import REPO, train
-
-
-def exit_code_and_stderr(capsys, call):
-    with pytest.raises(SystemExit) as stop:
-        call()
-    return stop.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags", [
@@ -34,36 +25,38 @@ def exit_code_and_stderr(capsys, call):
     ["--weight-decay", "-1e-4"], ["--momentum", "1"], ["--momentum", "-0.1"],
     ["--epochs", "ten"], ["--lr", "fast"], ["--no-such-flag"], ["--device", "tpu"],
 ])
-def test_invalid_values_are_usage_errors(flags, capsys, tmp_path):
-    code, err = exit_code_and_stderr(capsys, lambda: train(mlp, tmp_path, tmp_path / "out", *flags))
+def test_invalid_values_are_usage_errors(flags, capsys, tmp_path, train, exit_code_and_stderr):
+    code, err = exit_code_and_stderr(lambda: train("mlp", tmp_path, tmp_path / "out", *flags))
     assert code == 2
     assert "usage:" in err and "error:" in err
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])
-def test_asking_for_a_device_the_machine_lacks_is_one_clear_line(device, monkeypatch, capsys, tmp_path):
+def test_asking_for_a_device_the_machine_lacks_is_one_clear_line(
+        device, monkeypatch, capsys, tmp_path, train, exit_code_and_stderr):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    code, err = exit_code_and_stderr(capsys, lambda: train(mlp, tmp_path, tmp_path / "out", "--device", device))
+    code, err = exit_code_and_stderr(lambda: train("mlp", tmp_path, tmp_path / "out", "--device", device))
     assert code == 1
     assert f"--device {device} was asked for" in err and "--device cpu" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_flag_from_the_command_line_has_no_traceback():
-    result = subprocess.run([sys.executable, "mlp.py", "--momentum", "1.5"], cwd=REPO,
+def test_bad_flag_from_the_command_line_has_no_traceback(repo):
+    result = subprocess.run([sys.executable, "mlp.py", "--momentum", "1.5"], cwd=repo,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "must be in [0, 1)" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_mnist_without_network_names_folder_and_files(tmp_path, capsys, monkeypatch):
+def test_missing_mnist_without_network_names_folder_and_files(
+        tmp_path, capsys, monkeypatch, train, exit_code_and_stderr):
     def no_network(self):
         raise urllib.error.URLError("no network")
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_network)
-    code, err = exit_code_and_stderr(capsys, lambda: train(mlp, tmp_path / "empty", tmp_path / "out"))
+    code, err = exit_code_and_stderr(lambda: train("mlp", tmp_path / "empty", tmp_path / "out"))
     assert code == 1
     assert str(tmp_path / "empty" / "MNIST" / "raw") in err
     for filename in plumbing.MNIST_FILES:
@@ -72,7 +65,8 @@ def test_missing_mnist_without_network_names_folder_and_files(tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("damage", ["truncate", "bad_header"])
-def test_corrupted_data_file_is_named(tiny_mnist, tmp_path, capsys, damage):
+def test_corrupted_data_file_is_named(
+        tiny_mnist, tmp_path, capsys, damage, train, exit_code_and_stderr):
     data = tmp_path / "data"
     raw = data / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -81,23 +75,25 @@ def test_corrupted_data_file_is_named(tiny_mnist, tmp_path, capsys, damage):
     victim = raw / "t10k-images-idx3-ubyte"
     content = victim.read_bytes()
     victim.write_bytes(content[:-100] if damage == "truncate" else b"GARBAGE!" + content[8:])
-    code, err = exit_code_and_stderr(capsys, lambda: train(mlp, data, tmp_path / "out"))
+    code, err = exit_code_and_stderr(lambda: train("mlp", data, tmp_path / "out"))
     assert code == 1 and str(victim) in err and "Traceback" not in err
 
 
-def test_unwritable_out_fails_before_training(tiny_mnist, tmp_path, capsys):
+def test_unwritable_out_fails_before_training(
+        tiny_mnist, tmp_path, capsys, train, exit_code_and_stderr):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    code, err = exit_code_and_stderr(capsys, lambda: train(mlp, tiny_mnist, blocker / "run"))
+    code, err = exit_code_and_stderr(lambda: train("mlp", tiny_mnist, blocker / "run"))
     assert code == 1 and "cannot write to --out" in err
     assert "epoch" not in capsys.readouterr().out
 
 
-def test_divergence_stops_with_message_and_keeps_finished_epochs(tiny_mnist, tmp_path, capsys):
-    train(mlp, tiny_mnist, tmp_path, "--epochs", "1", "--batch-size", "30")
+def test_divergence_stops_with_message_and_keeps_finished_epochs(
+        tiny_mnist, tmp_path, capsys, train, exit_code_and_stderr):
+    train("mlp", tiny_mnist, tmp_path, "--epochs", "1", "--batch-size", "30")
     before = (tmp_path / "history.json").read_text()
-    code, err = exit_code_and_stderr(capsys, lambda: train(
-        mlp, tiny_mnist, tmp_path, "--epochs", "3", "--batch-size", "30", "--lr", "1e30", "--resume"))
+    code, err = exit_code_and_stderr(lambda: train(
+        "mlp", tiny_mnist, tmp_path, "--epochs", "3", "--batch-size", "30", "--lr", "1e30", "--resume"))
     assert code == 1
     assert "training diverged at iteration" in err and "try a smaller --lr" in err
     iteration = int(err.split("iteration ")[1].split()[0])
@@ -106,23 +102,24 @@ def test_divergence_stops_with_message_and_keeps_finished_epochs(tiny_mnist, tmp
 
 
 @pytest.mark.parametrize("first,second,message", [
-    (None, (mlp, []), "no checkpoint.pt"),
-    ((cnn, []), (mlp, []), "holds a cnn run"),
-    ((mlp, ["--bn"]), (mlp, []), "with --bn, not mlp with --no-bn"),
+    (None, ("mlp", []), "no checkpoint.pt"),
+    (("cnn", []), ("mlp", []), "holds a cnn run"),
+    (("mlp", ["--bn"]), ("mlp", []), "with --norm bn, not mlp with --norm none"),
 ])
-def test_resume_refuses_missing_or_mismatched_checkpoint(tiny_mnist, tmp_path, capsys, first, second, message):
+def test_resume_refuses_missing_or_mismatched_checkpoint(
+        tiny_mnist, tmp_path, capsys, first, second, message, train, exit_code_and_stderr):
     if first:
         train(first[0], tiny_mnist, tmp_path, "--epochs", "1", "--batch-size", "50", *first[1])
-    code, err = exit_code_and_stderr(capsys, lambda: train(
+    code, err = exit_code_and_stderr(lambda: train(
         second[0], tiny_mnist, tmp_path, "--epochs", "2", "--batch-size", "50", "--resume", *second[1]))
     assert code == 1 and message in err
 
 
-def start_endless_run(data_dir, out, *flags):
+def start_endless_run(repo, data_dir, out, *flags):
     """`python cnn.py` in a subprocess, returned once its first epoch is saved in `out`."""
     process = subprocess.Popen(
         [sys.executable, "cnn.py", "--data-dir", str(data_dir), "--out", str(out), "--epochs", "100000",
-         "--batch-size", "10", *flags], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--batch-size", "10", *flags], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "history.json").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -133,9 +130,10 @@ def start_endless_run(data_dir, out, *flags):
     (signal.SIGINT, 130, "interrupted"),   # Ctrl-C
     (signal.SIGTERM, 143, "terminated"),   # `timeout 600 python mlp.py --bn`, `kill`
 ])
-def test_ctrl_c_or_sigterm_keeps_last_epoch_and_says_how_to_go_on(tiny_mnist, tmp_path, stop, code, word):
+def test_ctrl_c_or_sigterm_keeps_last_epoch_and_says_how_to_go_on(
+        tiny_mnist, tmp_path, stop, code, word, repo):
     out = tmp_path / "run"
-    process = start_endless_run(tiny_mnist, out)
+    process = start_endless_run(repo, tiny_mnist, out)
     time.sleep(0.5)
     process.send_signal(stop)
     _, err = process.communicate(timeout=60)
@@ -148,10 +146,10 @@ def test_ctrl_c_or_sigterm_keeps_last_epoch_and_says_how_to_go_on(tiny_mnist, tm
     assert not list(out.glob("*.tmp"))
 
 
-def test_closed_log_pipe_stops_cleanly_and_keeps_finished_epochs(tiny_mnist, tmp_path):
+def test_closed_log_pipe_stops_cleanly_and_keeps_finished_epochs(tiny_mnist, tmp_path, repo):
     # `python cnn.py | head`: the reader goes away; the run must stop with one line, no traceback.
     out = tmp_path / "run"
-    process = start_endless_run(tiny_mnist, out, "--disp-freq", "1")
+    process = start_endless_run(repo, tiny_mnist, out, "--disp-freq", "1")
     process.stdout.close()
     err = process.stderr.read()
     assert process.wait(timeout=60) == 1
@@ -169,7 +167,8 @@ def test_stop_message_says_whether_there_is_anything_to_resume(tmp_path):
         "python mlp.py --resume")
 
 
-def test_ctrl_c_between_the_two_files_still_saves_both(tiny_mnist, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_between_the_two_files_still_saves_both(
+        tiny_mnist, tmp_path, capsys, monkeypatch, train, exit_code_and_stderr):
     # Ctrl-C pressed right after history.json is written, before checkpoint.pt: the checkpoint
     # must still be written, so both files describe the same epoch and --resume stays exact.
     write_file = plumbing.write_temporary
@@ -180,7 +179,7 @@ def test_ctrl_c_between_the_two_files_still_saves_both(tiny_mnist, tmp_path, cap
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(plumbing, "write_temporary", write_then_press_ctrl_c)
-    code, err = exit_code_and_stderr(capsys, lambda: train(mlp, tiny_mnist, tmp_path, "--epochs", "3",
+    code, err = exit_code_and_stderr(lambda: train("mlp", tiny_mnist, tmp_path, "--epochs", "3",
                                                            "--batch-size", "50"))
     assert code == 130 and "interrupted" in err
     history = json.loads((tmp_path / "history.json").read_text())
@@ -209,13 +208,13 @@ MALLINFO_PROGRAM = textwrap.dedent("""
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's (Linux only)")
 @pytest.mark.parametrize("mode", ["keep", "default"])
-def test_freed_tensor_memory_stays_in_the_heap_for_reuse(mode):
+def test_freed_tensor_memory_stays_in_the_heap_for_reuse(mode, repo):
     # In a fresh process, so malloc starts clean. glibc's default gives a large tensor its own
     # mmap and hands it back to the OS when freed, so the next step's tensor faults its pages in
     # again (measured: hundreds of page faults per CNN+BN step, none with the fix; the count
     # itself varies from run to run, so the test checks the mechanism, which does not).
     result = subprocess.run([sys.executable, "-c", MALLINFO_PROGRAM, mode], capture_output=True, text=True,
-                            cwd=REPO, check=True)
+                            cwd=repo, check=True)
     memory = json.loads(result.stdout)
     if mode == "keep":   # taken from the heap, and after the free its 16 MB lie there for the next tensor
         assert memory["mmapped"] == 0 and memory["heap_free_after"] >= 16 * 2**20
@@ -227,34 +226,35 @@ def folder_snapshot(folder):
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
 
 
-def test_a_second_run_into_a_busy_folder_stops_at_once_and_touches_nothing(tiny_mnist, tmp_path, capsys):
-    train(mlp, tiny_mnist, tmp_path, "--epochs", "1", "--batch-size", "50")
+def test_a_second_run_into_a_busy_folder_stops_at_once_and_touches_nothing(
+        tiny_mnist, tmp_path, capsys, train, exit_code_and_stderr):
+    train("mlp", tiny_mnist, tmp_path, "--epochs", "1", "--batch-size", "50")
     capsys.readouterr()
     with plumbing.claimed_out_dir(tmp_path):   # as a run in another terminal holds it
         before = folder_snapshot(tmp_path)
-        code, err = exit_code_and_stderr(capsys, lambda: train(mlp, tiny_mnist, tmp_path, "--epochs", "2",
+        code, err = exit_code_and_stderr(lambda: train("mlp", tiny_mnist, tmp_path, "--epochs", "2",
                                                                "--batch-size", "50", "--resume"))
         assert folder_snapshot(tmp_path) == before
     assert code == 1 and f"a run is writing to {tmp_path}" in err
     assert len(err.strip().splitlines()) == 1
-    train(mlp, tiny_mnist, tmp_path, "--epochs", "2", "--batch-size", "50", "--resume")   # free again
+    train("mlp", tiny_mnist, tmp_path, "--epochs", "2", "--batch-size", "50", "--resume")   # free again
 
 
-def test_a_run_killed_outright_leaves_no_lock_behind(tiny_mnist, tmp_path):
+def test_a_run_killed_outright_leaves_no_lock_behind(tiny_mnist, tmp_path, train, repo):
     out = tmp_path / "run"
-    process = start_endless_run(tiny_mnist, out)
+    process = start_endless_run(repo, tiny_mnist, out)
     process.kill()   # SIGKILL: no handler runs, nothing is cleaned up
     process.communicate(timeout=60)
     epoch = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
-    train(cnn, tiny_mnist, out, "--batch-size", "10", "--epochs", str(epoch + 1), "--resume")
+    train("cnn", tiny_mnist, out, "--batch-size", "10", "--epochs", str(epoch + 1), "--resume")
     assert json.loads((out / "history.json").read_text())["test"]["epoch"][-1] == epoch + 1
 
 
 @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO, errno.EACCES])
 @pytest.mark.parametrize("failing", ["history.json", "activation.json", "checkpoint.pt"])
-def test_a_failed_save_names_the_file_and_keeps_the_last_epoch(tiny_mnist, tmp_path, capsys, monkeypatch,
-                                                               error, failing):
-    train(mlp, tiny_mnist, tmp_path, "--epochs", "1", "--batch-size", "50")
+def test_a_failed_save_names_the_file_and_keeps_the_last_epoch(
+        tiny_mnist, tmp_path, capsys, monkeypatch, error, failing, train, exit_code_and_stderr):
+    train("mlp", tiny_mnist, tmp_path, "--epochs", "1", "--batch-size", "50")
     capsys.readouterr()
     before = folder_snapshot(tmp_path)
     write_file = plumbing.write_temporary
@@ -266,7 +266,7 @@ def test_a_failed_save_names_the_file_and_keeps_the_last_epoch(tiny_mnist, tmp_p
         write_file(path, write)
 
     monkeypatch.setattr(plumbing, "write_temporary", fail_on)
-    code, err = exit_code_and_stderr(capsys, lambda: train(mlp, tiny_mnist, tmp_path, "--epochs", "2",
+    code, err = exit_code_and_stderr(lambda: train("mlp", tiny_mnist, tmp_path, "--epochs", "2",
                                                            "--batch-size", "50", "--resume"))
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert str(tmp_path / failing) in err and os.strerror(error) in err

@@ -8,11 +8,10 @@ import time
 
 import pytest
 
-import mlp
+import plot
 import plumbing
+import registry
 import reproduce
-import solver
-from test_solver import REPO
 
 
 def reproduce_cmd(tiny_mnist, out, *flags):
@@ -20,10 +19,35 @@ def reproduce_cmd(tiny_mnist, out, *flags):
             "--out", str(out), *flags]
 
 
-def test_epochs_1_runs_all_five_then_plots_and_a_second_call_skips_them(tiny_mnist, tmp_path):
-    result = subprocess.run(reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "1"), cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+def run_in_process(command, stop_message):
+    """reproduce.run_one without a child process: `python <script>.py ...` called right here.
+
+    The process boundary itself (signals passed on to the child) is tested with a real
+    subprocess below; the rest of reproduce.py is the same either way, and seconds faster."""
+    script, argv = command[1].removesuffix(".py"), command[2:]
+    if script == "plot":
+        main = plot.main
+    else:
+        model = registry.model_script(script)
+        main = lambda argv: model.solver.run(script, model.build_model, model.config, argv)
+    try:
+        main(argv)
+    except SystemExit as stop:
+        if stop.code:
+            raise plumbing.SolverError(f"`{' '.join(command)}` stopped with exit status "
+                                       f"{stop.code}; {stop_message()}") from None
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    monkeypatch.setattr(reproduce, "run_one", run_in_process)
+
+
+
+def test_epochs_1_runs_all_five_then_plots_and_a_second_call_skips_them(
+        tiny_mnist, tmp_path, capsys, in_process):
+    argv = reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "1")[2:]
+    reproduce.main(argv)
     runs = tmp_path / "epochs_1"   # a folder of its own, never mixed with the full runs
     for label in ("mlp", "mlp_bn", "cnn", "cnn_bn", "resnet_bn"):
         history = json.loads((runs / label / "history.json").read_text())
@@ -31,16 +55,25 @@ def test_epochs_1_runs_all_five_then_plots_and_a_second_call_skips_them(tiny_mni
     table = (runs / "figures" / "table.md").read_text()
     assert "| MLP with BN |" in table and "| `python cnn.py --bn --epochs 1` |" in table
     assert (runs / "figures" / "cnn_bn_vs_no_bn.png").exists()
-    assert "[5/5]" in result.stdout and "wall time" in result.stdout
+    out = capsys.readouterr().out
+    assert "[5/5]" in out and "wall time" in out
 
-    again = subprocess.run(reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "1"), cwd=REPO,
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.count("already finished") == 5
+    # cnn_bn as if finished before `norm` existed (its config without norm, no threads): still
+    # the same run, skipped like the others, not reported as another config, not retrained
+    path = runs / "cnn_bn" / "history.json"
+    history = json.loads(path.read_text())
+    del history["norm"], history["threads"], history["config"]["norm"]
+    path.write_text(json.dumps(history))
+    reproduce.main(argv)
+    out = capsys.readouterr().out
+    assert out.count("already finished") == 5 and "another config" not in out
+    assert json.loads(path.read_text()) == history   # left as it was
 
 
-def test_an_interrupted_run_is_resumed_and_another_config_is_left_alone(tiny_mnist, tmp_path, monkeypatch):
-    runs = [reproduce.Run(name, flags, reproduce.parse_args(["--out", str(tmp_path), "--epochs", "2"]))
+def test_an_interrupted_run_is_resumed_and_another_config_is_left_alone(
+        tiny_mnist, tmp_path, monkeypatch, capsys, train, in_process):
+    runs = [reproduce.Run(name, flags,
+                          reproduce.parse_args(["--out", str(tmp_path), "--epochs", "2"]))
             for name, flags in reproduce.RUNS]
     # mlp: stopped after the first of its two epochs, as by a Ctrl-C there
     save = plumbing.save_files
@@ -51,29 +84,30 @@ def test_an_interrupted_run_is_resumed_and_another_config_is_left_alone(tiny_mni
 
     monkeypatch.setattr(plumbing, "save_files", save_then_stop)
     with pytest.raises(SystemExit):
-        solver.run("mlp", mlp.build_model, mlp.config, False, argv=[
-            "--epochs", "2", "--data-dir", str(tiny_mnist), "--device", "cpu", "--out", str(runs[0].out)])
-    monkeypatch.undo()
+        train("mlp", tiny_mnist, runs[0].out, "--epochs", "2", "--disp-freq", "50")
+    monkeypatch.setattr(plumbing, "save_files", save)
     assert runs[0].state() == "resume"
     # mlp_bn: a run with another learning rate
-    subprocess.run([sys.executable, "mlp.py", "--bn", "--epochs", "2", "--lr", "0.05", "--data-dir", str(tiny_mnist),
-                    "--device", "cpu", "--out", str(runs[1].out)], cwd=REPO, check=True, capture_output=True)
+    train("mlp", tiny_mnist, runs[1].out, "--bn", "--epochs", "2", "--lr", "0.05",
+          "--disp-freq", "50")
     other_before = (runs[1].out / "history.json").read_text()
     assert runs[1].state() == "other"
+    capsys.readouterr()
 
-    result = subprocess.run(reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "2"), cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1
-    assert f"python mlp.py --epochs 2 --data-dir {tiny_mnist}" in result.stdout and "--resume" in result.stdout
-    assert "holds a run with another config" in result.stdout
-    assert str(runs[1].out) in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "2")[2:])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 1
+    assert f"python mlp.py --epochs 2 --data-dir {tiny_mnist}" in out and "--resume" in out
+    assert "holds a run with another config" in out
+    assert str(runs[1].out) in err and "Traceback" not in err
     assert (runs[1].out / "history.json").read_text() == other_before   # not overwritten
     resumed = json.loads((runs[0].out / "history.json").read_text())
     assert resumed["test"]["epoch"] == [1, 2]
 
 
-def test_ctrl_c_stops_the_run_in_flight_and_says_how_to_continue(tiny_mnist, tmp_path):
-    process = subprocess.Popen(reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "100000"), cwd=REPO,
+def test_ctrl_c_stops_the_run_in_flight_and_says_how_to_continue(tiny_mnist, tmp_path, repo):
+    process = subprocess.Popen(reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "100000"), cwd=repo,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     history = tmp_path / "epochs_100000" / "mlp" / "history.json"
     deadline = time.time() + 120

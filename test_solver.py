@@ -4,7 +4,6 @@ run ends. Tiny synthetic MNIST files keep each training run to a second; nothing
 The command line's failures are in test_plumbing.py."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,25 +11,12 @@ import torchvision
 
 import cnn
 import mlp
+import registry
 import resnet
 import solver
 
-REPO = Path(__file__).resolve().parent
-SHARED_DATA = REPO.parent / "shared" / "data"
-HISTORY_KEYS = {"model", "bn", "params", "config", "device", "train", "test", "epoch_time_s",
-                "train_time_s", "best_test_acc"}
-
-
-def train(script, data_dir, out, *flags):
-    """Run a script's training in this process, as `python script.py ...` would.
-
-    On the CPU unless the flags say otherwise: "same seed, same numbers" is promised there, and
-    `--device auto` would pick a GPU where the suite runs on a machine that has one.
-    """
-    argv = ["--data-dir", str(data_dir), "--out", str(out), "--disp-freq", "1", "--device", "cpu", *flags]
-    script_name = script.__name__
-    solver.run(script_name, script.build_model, script.config,
-               bn_default=script_name == "resnet", argv=argv)
+HISTORY_KEYS = {"model", "norm", "bn", "params", "config", "device", "threads", "train", "test",
+                "epoch_time_s", "train_time_s", "best_test_acc"}   # the interface other tools read
 
 
 # ----------------------------------------------------------------------------- data
@@ -92,39 +78,40 @@ def test_learning_rate_schedules():
 
 # ----------------------------------------------------------------------------- models
 
-@pytest.mark.parametrize("script,bn,expected", [
-    (mlp, False, 109_184), (mlp, True, 109_568),     # the report's counts exactly
-    (cnn, False, 2_158), (cnn, True, 2_174),         # the report: 2,143 and 2,159
+@pytest.mark.parametrize("script,norm,expected", [
+    (mlp, "none", 109_184), (mlp, "bn", 109_568),     # the report's counts exactly
+    (cnn, "none", 2_158), (cnn, "bn", 2_174),         # the report: 2,143 and 2,159
 ])
-def test_parameter_counts(script, bn, expected):
-    assert sum(p.numel() for p in script.build_model(bn).parameters()) == expected
+def test_parameter_counts(script, norm, expected):
+    assert sum(p.numel() for p in script.build_model(norm).parameters()) == expected
 
 
 def test_resnet_has_eight_weighted_layers_and_bn_after_every_conv():
     from batchnorm import BatchNorm2d
-    model = resnet.build_model(True)
+    model = resnet.build_model()   # BN is the ResNet's default
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert len(convs) + len(linears) == 8
     all_convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert sum(isinstance(m, BatchNorm2d) for m in model.modules()) == len(all_convs)
-    assert not any(isinstance(m, BatchNorm2d) for m in resnet.build_model(False).modules())
+    assert not any(isinstance(m, BatchNorm2d) for m in resnet.build_model("none").modules())
 
 
 @pytest.mark.parametrize("script", [mlp, cnn, resnet])
 def test_models_map_a_batch_of_digits_to_ten_logits(script):
-    for bn in (False, True):
-        assert script.build_model(bn)(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    for norm in ("none", "bn"):
+        assert script.build_model(norm)(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
 
 # ----------------------------------------------------------------------------- a run
 
-def test_short_run_writes_history_and_checkpoint(tiny_mnist, tmp_path):
+def test_short_run_writes_history_and_checkpoint(tiny_mnist, tmp_path, train):
     out = tmp_path / "run"
-    train(cnn, tiny_mnist, out, "--bn", "--epochs", "2", "--batch-size", "50")
+    train("cnn", tiny_mnist, out, "--bn", "--epochs", "2", "--batch-size", "50")
     history = json.loads((out / "history.json").read_text())
     assert set(history) == HISTORY_KEYS                               # exactly the issue's keys
     assert history["model"] == "cnn" and history["bn"] is True and history["params"] == 2_174
+    assert history["norm"] == "bn" and history["threads"] == torch.get_num_threads()
     assert history["config"]["batch_size"] == 50 and history["device"] == "cpu"
     assert history["train"]["iter"] == list(range(1, 13))             # 6 steps per epoch, disp_freq 1
     assert len(history["train"]["loss"]) == len(history["train"]["acc"]) == 12
@@ -143,29 +130,94 @@ def test_short_run_writes_history_and_checkpoint(tiny_mnist, tmp_path):
     assert not list(out.glob("*.tmp"))
 
 
-def test_tiny_data_is_learnable(tiny_mnist, tmp_path):
+def test_tiny_data_is_learnable(tiny_mnist, tmp_path, train):
     """A sanity check that the loop really trains: the squares are trivial to tell apart."""
-    train(mlp, tiny_mnist, tmp_path, "--bn", "--epochs", "8", "--batch-size", "30")
+    train("mlp", tiny_mnist, tmp_path, "--bn", "--epochs", "8", "--batch-size", "30")
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["test"]["acc"][-1] > 0.9
 
 
-def test_same_seed_same_numbers_and_resume_ends_where_uninterrupted_run_ends(tiny_mnist, tmp_path):
-    flags = ["--bn", "--batch-size", "50", "--plain", "--augment-shift", "1"]
-    train(cnn, tiny_mnist, tmp_path / "whole", *flags, "--epochs", "3")
-    train(cnn, tiny_mnist, tmp_path / "split", *flags, "--epochs", "1")
-    train(cnn, tiny_mnist, tmp_path / "split", *flags, "--epochs", "3", "--resume")
-    whole = json.loads((tmp_path / "whole" / "history.json").read_text())
-    split = json.loads((tmp_path / "split" / "history.json").read_text())
+RESUME_FLAGS = ["--bn", "--batch-size", "50", "--plain", "--augment-shift", "1"]
+
+
+@pytest.fixture(scope="module")
+def whole_run(tiny_mnist, tmp_path_factory, train):
+    """cnn.py --bn for 3 epochs without a stop: what every resumed run must end with."""
+    out = tmp_path_factory.mktemp("whole")
+    train("cnn", tiny_mnist, out, *RESUME_FLAGS, "--epochs", "3")
+    return out
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def test_same_seed_same_numbers_and_resume_ends_where_uninterrupted_run_ends(
+        tiny_mnist, tmp_path, train, whole_run):
+    train("cnn", tiny_mnist, tmp_path, *RESUME_FLAGS, "--epochs", "1")
+    train("cnn", tiny_mnist, tmp_path, *RESUME_FLAGS, "--epochs", "3", "--resume")
+    whole, split = read_json(whole_run / "history.json"), read_json(tmp_path / "history.json")
     assert split["test"] == whole["test"]          # loss and accuracy of every epoch, exactly
     assert split["train"] == whole["train"]
-    activation = [json.loads((tmp_path / run / "activation.json").read_text()) for run in ("whole", "split")]
-    assert activation[0] == activation[1]
+    assert read_json(tmp_path / "activation.json") == read_json(whole_run / "activation.json")
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(),
-                    reason=f"real MNIST not found in {SHARED_DATA}/MNIST/raw")
-def test_one_epoch_of_the_mlp_on_real_mnist(tmp_path):
-    train(mlp, SHARED_DATA, tmp_path, "--epochs", "1", "--disp-freq", "50")
+def test_a_checkpoint_from_before_norm_resumes_exactly(tiny_mnist, tmp_path, train, whole_run):
+    """Runs saved before `norm` existed (only `bn`) continue, and end where the whole run ends."""
+    train("cnn", tiny_mnist, tmp_path, *RESUME_FLAGS, "--epochs", "1")
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del checkpoint["norm"]
+    for history in (checkpoint["history"],):
+        del history["norm"], history["threads"], history["config"]["norm"]
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    train("cnn", tiny_mnist, tmp_path, *RESUME_FLAGS, "--epochs", "3", "--resume")
+    whole, resumed = read_json(whole_run / "history.json"), read_json(tmp_path / "history.json")
+    assert resumed["train"] == whole["train"] and resumed["test"] == whole["test"]
+    assert resumed["norm"] == "bn" and resumed["config"]["norm"] == "bn"
+
+
+# ----------------------------------------------------------------------------- the recipe, --norm
+
+def test_defaults_hold_the_reports_recipe_and_each_script_only_what_differs():
+    assert solver.DEFAULTS == {
+        "learning_rate": 0.1, "weight_decay": 1e-4, "momentum": 0.9, "batch_size": 100,
+        "max_epoch": 100, "disp_freq": 50, "lr_schedule": "cosine", "warmup_epochs": 0,
+        "augment_shift": 0, "norm": "none"}
+    differs = lambda config: {k: v for k, v in config.items() if solver.DEFAULTS[k] != v}
+    assert set(mlp.config) == set(cnn.config) == set(resnet.config) == set(solver.DEFAULTS)
+    assert differs(mlp.config) == {}
+    assert differs(cnn.config) == {"warmup_epochs": 3, "augment_shift": 1}
+    assert differs(resnet.config) == {"max_epoch": 15, "augment_shift": 2, "norm": "bn"}
+
+
+@pytest.mark.parametrize("name,flags,norm", [
+    ("cnn", [], "none"), ("resnet", [], "bn"),              # each script's own default
+    ("cnn", ["--bn"], "bn"), ("cnn", ["--norm", "bn"], "bn"), ("resnet", ["--no-bn"], "none"),
+    ("cnn", ["--bn", "--no-bn"], "none"), ("cnn", ["--no-bn", "--bn"], "bn"),   # the last wins
+    ("cnn", ["--norm", "none", "--bn"], "bn"), ("cnn", ["--bn", "--norm", "none"], "none"),
+])
+def test_norm_bn_and_no_bn_set_one_value_and_the_last_one_wins(name, flags, norm):
+    args = solver.parse_args(name, registry.model_script(name).config, flags)
+    assert args.norm == norm
+    assert args.out == str(registry.run_folder(name, norm))   # runs/cnn, runs/cnn_bn, ...
+    assert solver.effective_config(registry.model_script(name).config, args)["norm"] == norm
+
+
+def test_an_unknown_norm_is_a_usage_error(exit_code_and_stderr):
+    code, err = exit_code_and_stderr(lambda: solver.parse_args("mlp", mlp.config, ["--norm", "x"]))
+    assert code == 2 and "--norm: must be one of none, bn" in err
+
+
+def test_norm_bn_trains_exactly_as_bn(tiny_mnist, tmp_path, train):
+    for flag in (["--bn"], ["--norm", "bn"]):
+        train("mlp", tiny_mnist, tmp_path / flag[-1], *flag, "--epochs", "1", "--batch-size", "50")
+    by_flag, by_norm = (read_json(tmp_path / name / "history.json") for name in ("--bn", "bn"))
+    assert by_flag["norm"] == by_norm["norm"] == "bn"
+    for key in ("train", "test", "params", "config"):
+        assert by_flag[key] == by_norm[key]
+
+
+def test_one_epoch_of_the_mlp_on_real_mnist(real_mnist, tmp_path, train):
+    train("mlp", real_mnist, tmp_path, "--epochs", "1", "--disp-freq", "50")
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["test"]["acc"][-1] > 0.95

@@ -194,15 +194,18 @@ class BatchNorm(nn.Module):
 
         y, batch_mean, batch_var = BatchNormFunction.apply(x, self.weight, self.bias, self.eps,
                                                            self.detach_stats)
-        with torch.no_grad():   # eq. 2.2
-            m = x.numel() // x.shape[1]
-            # The running variance estimates the population variance used at test time, so it
-            # takes the unbiased estimate m/(m-1) * sigma_B^2, as torch.nn.BatchNorm does;
-            # eq. 2.1 itself normalises with the biased sigma_B^2.
-            unbiased_var = batch_var * (m / (m - 1))
-            self.running_mean.mul_(self.momentum).add_(batch_mean, alpha=1 - self.momentum)
-            self.running_var.mul_(self.momentum).add_(unbiased_var, alpha=1 - self.momentum)
+        self.update_running_estimates(batch_mean, batch_var, x.numel() // x.shape[1])
         return y
+
+    @torch.no_grad()
+    def update_running_estimates(self, batch_mean, batch_var, m):
+        """eq. 2.2, from a training batch's mean and biased variance over m values a channel."""
+        # The running variance estimates the population variance used at test time, so it
+        # takes the unbiased estimate m/(m-1) * sigma_B^2, as torch.nn.BatchNorm does;
+        # eq. 2.1 itself normalises with the biased sigma_B^2.
+        unbiased_var = batch_var * (m / (m - 1))
+        self.running_mean.mul_(self.momentum).add_(batch_mean, alpha=1 - self.momentum)
+        self.running_var.mul_(self.momentum).add_(unbiased_var, alpha=1 - self.momentum)
 
     def eval_scale_and_shift(self):
         """Evaluation's BN as a fixed affine map per channel, y = scale * x + shift:
@@ -414,12 +417,8 @@ class BatchRenorm(BatchNorm):
             running_std = torch.sqrt(self.running_var + self.eps)                    # s
             r = (torch.sqrt(batch_var + self.eps) / running_std).clamp(1 / r_max, r_max)
             d = ((batch_mean - self.running_mean) / running_std).clamp(-d_max, d_max)
-            # eq. 2.2, as BatchNorm.forward
-            m = x.numel() // x.shape[1]
-            unbiased_var = batch_var * (m / (m - 1))
-            self.running_mean.mul_(self.momentum).add_(batch_mean, alpha=1 - self.momentum)
-            self.running_var.mul_(self.momentum).add_(unbiased_var, alpha=1 - self.momentum)
             self.num_batches_tracked.add_(1)
+        self.update_running_estimates(batch_mean, batch_var, x.numel() // x.shape[1])
         renormed = x_hat * r.view(stat_shape) + d.view(stat_shape)          # x_hat * r + d
         return renormed * self.weight.view(stat_shape) + self.bias.view(stat_shape)
 

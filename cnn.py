@@ -16,6 +16,10 @@ from torch import nn
 import solver
 from batchnorm import norm_layers
 
+# GroupNorm's group count (--norm gn): the 4 channels in 2 groups of 2 (G = 1 would be
+# LayerNorm over all of a sample's channels, G = 4 normalises each channel of each image alone).
+GN_GROUPS = 2
+
 config = dict(
     solver.DEFAULTS,
     warmup_epochs=3,    # without BN, lr 0.1 from the first step leaves this 4-channel net stuck
@@ -24,10 +28,10 @@ config = dict(
 
 
 def build_model(norm: str = "none") -> nn.Module:
-    """norm: a name of batchnorm.NORMALIZATIONS ("bn", "none")."""
+    """norm: a name of batchnorm.NORMALIZATIONS ("bn", "ln", "gn", "brn", "none")."""
     def conv_block(n_in, n_out):
         return [nn.Conv2d(n_in, n_out, kernel_size=3, padding=1),   # padding 1 keeps 28x28
-                *norm_layers(norm, n_out, rank=4),
+                *norm_layers(norm, n_out, rank=4, groups=GN_GROUPS),
                 nn.ReLU(),
                 nn.MaxPool2d(2)]
 

@@ -12,16 +12,21 @@ from torch import nn
 import solver
 from batchnorm import norm_layers
 
+# GroupNorm's group count (--norm gn): the 128 and 64 features in 8 groups of 16 and 8.
+GN_GROUPS = 8
+
 config = dict(solver.DEFAULTS)   # the report's recipe (and ours: see solver.DEFAULTS) as it is
 
 
 def build_model(norm: str = "none", bias: bool = False) -> nn.Module:
-    """norm: a name of batchnorm.NORMALIZATIONS ("bn", "none"). bias=True gives the hidden
-    linear layers a bias (experiments.py's `detach` study)."""
+    """norm: a name of batchnorm.NORMALIZATIONS ("bn", "ln", "gn", "brn", "none").
+    bias=True gives the hidden linear layers a bias (experiments.py's `detach` study)."""
     def hidden(n_in, n_out):
         # linear -> [norm] -> ReLU: the layer normalises the input of each nonlinearity,
         # as in the BN paper
-        return [nn.Linear(n_in, n_out, bias=bias), *norm_layers(norm, n_out, rank=2), nn.ReLU()]
+        return [nn.Linear(n_in, n_out, bias=bias),
+                *norm_layers(norm, n_out, rank=2, groups=GN_GROUPS),
+                nn.ReLU()]
 
     return nn.Sequential(
         nn.Flatten(),                 # (N, 1, 28, 28) -> (N, 784)

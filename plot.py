@@ -8,6 +8,8 @@ Per run (from history.json):
     <run>_test.png    test loss and accuracy per epoch      (report Fig. 3.3)
 Per model with and without BN:
     <model>_bn_vs_no_bn.png   the same curves overlaid
+    <model>_norms.png         every normalization of the model overlaid, where it has a run of
+                              one besides BN (--norm ln, gn, brn)
     <model>_activation.png    (from activation.json) 15th/50th/85th percentiles of one
                               first-layer unit's input during training (BN paper, Fig. 1)
 Per run (from checkpoint.pt and the test set, if --data-dir holds MNIST):
@@ -38,8 +40,10 @@ import solver
 # ----------------------------------------------------------------------------- the figure style
 
 DPI = 110
-NORM_COLORS = {"none": "tab:orange", "bn": "tab:blue"}      # one colour per normalization
-NORM_LABELS = {"none": "without BN", "bn": "with BN"}       # "MLP with BN", "without BN"
+NORM_COLORS = {"none": "tab:orange", "bn": "tab:blue", "ln": "tab:green", "gn": "tab:purple",
+               "brn": "tab:red"}                          # one colour per normalization
+NORM_LABELS = {"none": "without BN", "bn": "with BN", "ln": "with LayerNorm",
+               "gn": "with GroupNorm", "brn": "with Batch Renorm"}   # "MLP with BN"
 
 
 def save_figure(fig, path):
@@ -139,17 +143,32 @@ def plot_run(history, out):
             save_figure(fig_test, out / f"{label}_test.png")]
 
 
-def plot_bn_comparison(with_bn, without_bn, out):
-    """The four curves of both runs overlaid: BN's faster convergence at a glance."""
+def plot_comparison(histories, path, title):
+    """The four curves of several runs of one model overlaid, a colour per normalization."""
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     axes = axes.flatten()
-    for history in (without_bn, with_bn):
+    for history in histories:
         _draw_curves(axes, history, label=case_name(history), color=NORM_COLORS[history["norm"]])
     _label_axes(axes)
     for ax in axes:
         ax.legend()
-    fig.suptitle(f"{with_bn['model']}: with and without Batch Normalization")
-    return save_figure(fig, out / f"{with_bn['model']}_bn_vs_no_bn.png")
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_bn_comparison(with_bn, without_bn, out):
+    """Both runs overlaid: BN's faster convergence at a glance."""
+    model = with_bn["model"]
+    return plot_comparison([without_bn, with_bn], out / f"{model}_bn_vs_no_bn.png",
+                           f"{model}: with and without Batch Normalization")
+
+
+def plot_norms(histories, out):
+    """Every normalization a model has runs of, overlaid (in NORM_COLORS' order)."""
+    histories = sorted(histories, key=lambda history: list(NORM_COLORS).index(history["norm"]))
+    model = histories[0]["model"]
+    return plot_comparison(histories, out / f"{model}_norms.png",
+                           f"{model}: every normalization it was trained with")
 
 
 def plot_activation(with_bn, without_bn, out):
@@ -284,6 +303,8 @@ def main(argv=None):
         by_model.setdefault(history["model"], {})[history["norm"]] = (
             history, load_activation(run_dir))
     for norms in by_model.values():
+        if set(norms) - {"bn", "none"}:   # another normalization too: all of them in one figure
+            written.append(plot_norms([history for history, _ in norms.values()], out))
         if "bn" in norms and "none" in norms:
             (bn_history, bn_activation), (plain_history, plain_activation) = (
                 norms["bn"], norms["none"])

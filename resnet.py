@@ -21,6 +21,8 @@ import solver
 from batchnorm import norm_layers
 
 WIDTHS = (16, 32, 64)
+# GroupNorm's group count (--norm gn): divides every width, in groups of 2, 4 and 8 channels.
+GN_GROUPS = 8
 
 config = dict(
     solver.DEFAULTS,
@@ -35,7 +37,9 @@ def conv_norm(n_in, n_out, norm, kernel_size=3, stride=1):
     normalization's beta follows."""
     conv = nn.Conv2d(n_in, n_out, kernel_size, stride=stride, padding=kernel_size // 2,
                      bias=norm == "none")
-    return nn.Sequential(conv, *norm_layers(norm, n_out, rank=4)) if norm != "none" else conv
+    if norm == "none":
+        return conv
+    return nn.Sequential(conv, *norm_layers(norm, n_out, rank=4, groups=GN_GROUPS))
 
 
 class BasicBlock(nn.Module):
@@ -53,7 +57,8 @@ class BasicBlock(nn.Module):
 
 
 def build_model(norm: str = config["norm"]) -> nn.Module:
-    """norm: a name of batchnorm.NORMALIZATIONS ("bn", the default, or "none")."""
+    """norm: a name of batchnorm.NORMALIZATIONS: "bn" (the default), "ln", "gn", "brn" or
+    "none"."""
     c1, c2, c3 = WIDTHS
     return nn.Sequential(
         conv_norm(1, c1, norm), nn.ReLU(),

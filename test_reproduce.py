@@ -45,7 +45,7 @@ def in_process(monkeypatch):
 
 
 def test_epochs_1_runs_all_five_then_plots_and_a_second_call_skips_them(
-        tiny_mnist, tmp_path, capsys, in_process):
+        tiny_mnist, tmp_path, capsys, monkeypatch, in_process):
     argv = reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "1")[2:]
     reproduce.main(argv)
     runs = tmp_path / "epochs_1"   # a folder of its own, never mixed with the full runs
@@ -64,9 +64,12 @@ def test_epochs_1_runs_all_five_then_plots_and_a_second_call_skips_them(
     history = json.loads(path.read_text())
     del history["norm"], history["threads"], history["config"]["norm"]
     path.write_text(json.dumps(history))
+    commands = []   # the second call's commands, recorded: plot.py was drawn above already
+    monkeypatch.setattr(reproduce, "run_one", lambda command, stop_message: commands.append(command))
     reproduce.main(argv)
     out = capsys.readouterr().out
     assert out.count("already finished") == 5 and "another config" not in out
+    assert [command[1] for command in commands] == ["plot.py"]   # nothing trained again
     assert json.loads(path.read_text()) == history   # left as it was
 
 

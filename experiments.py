@@ -7,6 +7,8 @@
     python experiments.py init         # initialisation scale, as in CS231n's assignment
     python experiments.py population   # momentum running estimates against population statistics
     python experiments.py detach       # the BN paper's section 2: detached statistics
+    python experiments.py small_batch  # BN, Batch Renorm, GroupNorm, LayerNorm at batches 2-128
+    python experiments.py placement    # BN before or after the ReLU
     python experiments.py all          # every study (about 10 minutes on a 2-core CPU)
     python experiments.py all --quick  # every study shrunk to seconds, for tests and a first look
 
@@ -23,15 +25,17 @@ import time
 import plumbing
 import solver
 from studies import batch, detach, figure1, init_scale, lr, momentum, population
+from studies import placement, small_batch
 # The names other code and the tests use, importable from here wherever the studies live:
 from studies.batch import batch_statistics_accuracy           # noqa: F401
-from studies.common import Study
+from studies.common import Study, outcome                      # noqa: F401
 from studies.figure1 import figure1_network                   # noqa: F401
 
-STUDIES = {  # the name on the command line -> its page in studies/ (run(study), FIGURE)
+STUDIES = {  # the name on the command line -> its page in studies/ (run(study), FIGURES)
     "figure1": figure1, "lr": lr, "batch": batch, "momentum": momentum, "init": init_scale,
-    "population": population, "detach": detach}
-FIGURES = {name: study.FIGURE for name, study in STUDIES.items()}
+    "population": population, "detach": detach,
+    "small_batch": small_batch, "placement": placement}
+FIGURES = {name: study.FIGURES for name, study in STUDIES.items()}   # the files each one draws
 
 
 def main(argv=None):
@@ -40,11 +44,16 @@ def main(argv=None):
     parser.add_argument("study", choices=[*STUDIES, "all"])
     parser.add_argument("--data-dir", default="data", help="a folder holding MNIST/raw/")
     parser.add_argument("--device", choices=plumbing.DEVICES, default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
+    parser.add_argument("--seeds", type=plumbing.positive_int, default=None,
+                        help="seeds per setting: --seed .. --seed + N - 1 (default: 3, "
+                             "1 with --quick)")
     parser.add_argument("--out", default="runs/experiments", help="where each study's JSON goes")
     parser.add_argument("--figures", default="figures", help="where each study's figure goes")
     parser.add_argument("--quick", action="store_true", help="every study shrunk to seconds")
     args = parser.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 1 if args.quick else 3
     with plumbing.one_line_failures(lambda: f"the studies that finished are saved in {args.out}"):
         device = plumbing.pick_device(args.device)
         data = solver.load_mnist(args.data_dir, device)

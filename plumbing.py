@@ -24,7 +24,6 @@ import threading
 from pathlib import Path
 
 import torch
-import torchvision
 
 import registry
 
@@ -117,6 +116,9 @@ MNIST_FILES = {"train-images-idx3-ubyte": 3, "train-labels-idx1-ubyte": 1,   # n
 
 def read_mnist(data_dir):
     """torchvision's two MNIST splits from data_dir (downloaded if absent), or one clear error."""
+    # Imported here, not at the top: torchvision takes a second to import, and only reading
+    # MNIST needs it, so `--help` and a mistyped flag answer at once.
+    import torchvision
     raw = Path(data_dir) / "MNIST" / "raw"
     for filename, ndim in MNIST_FILES.items():
         if (raw / filename).exists():

@@ -24,11 +24,13 @@ def quick_run(tiny_mnist, tmp_path_factory):
 
 def test_every_study_writes_its_json_and_its_figure(quick_run):
     results, figures = quick_run
-    assert set(results) == {"figure1", "lr", "batch", "momentum", "init", "population", "detach"}
-    for name in experiments.FIGURES.values():
+    assert {"figure1", "lr", "batch", "momentum", "init", "population", "detach"} <= set(results)
+    drawn = [name for names in experiments.FIGURES.values() for name in names]
+    for name in drawn:
         assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert {"bn_paper_figure1.png", "lr_robustness.png", "batch_size.png", "momentum_convention.png",
-            "init_scale.png", "population_statistics.png", "detached_statistics.png"} == set(experiments.FIGURES.values())
+    assert {"bn_paper_figure1.png", "lr_robustness.png", "batch_size.png",
+            "momentum_convention.png", "init_scale.png", "population_statistics.png",
+            "detached_statistics.png"} <= set(drawn)
 
 
 def test_figure1_network_is_the_papers():

@@ -115,35 +115,41 @@ def test_resume_refuses_missing_or_mismatched_checkpoint(
     assert code == 1 and message in err
 
 
-def start_endless_run(repo, data_dir, out, *flags):
-    """`python cnn.py` in a subprocess, returned once its first epoch is saved in `out`."""
-    process = subprocess.Popen(
-        [sys.executable, "cnn.py", "--data-dir", str(data_dir), "--out", str(out), "--epochs", "100000",
-         "--batch-size", "10", *flags], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_endless_runs(repo, data_dir, outs, *flags):
+    """`python cnn.py` in a subprocess per folder of `outs`, started together (their imports
+    run side by side), returned once each has saved its first epoch."""
+    processes = [subprocess.Popen(
+        [sys.executable, "cnn.py", "--data-dir", str(data_dir), "--out", str(out),
+         "--epochs", "100000", "--batch-size", "10", *flags],
+        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for out in outs]
     deadline = time.time() + 120
-    while not (out / "history.json").exists() and time.time() < deadline:
+    while not all((out / "history.json").exists() for out in outs) and time.time() < deadline:
         time.sleep(0.2)
-    return process
+    return processes
 
 
-@pytest.mark.parametrize("stop,code,word", [
-    (signal.SIGINT, 130, "interrupted"),   # Ctrl-C
-    (signal.SIGTERM, 143, "terminated"),   # `timeout 600 python mlp.py --bn`, `kill`
-])
-def test_ctrl_c_or_sigterm_keeps_last_epoch_and_says_how_to_go_on(
-        tiny_mnist, tmp_path, stop, code, word, repo):
-    out = tmp_path / "run"
-    process = start_endless_run(repo, tiny_mnist, out)
+def start_endless_run(repo, data_dir, out, *flags):
+    return start_endless_runs(repo, data_dir, [out], *flags)[0]
+
+
+def test_ctrl_c_or_sigterm_keeps_last_epoch_and_says_how_to_go_on(tiny_mnist, tmp_path, repo):
+    stops = [(signal.SIGINT, 130, "interrupted"),   # Ctrl-C
+             (signal.SIGTERM, 143, "terminated")]   # `timeout 600 python mlp.py --bn`, `kill`
+    outs = [tmp_path / f"run_{code}" for _, code, _ in stops]
+    processes = start_endless_runs(repo, tiny_mnist, outs)
     time.sleep(0.5)
-    process.send_signal(stop)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == code
-    assert "Traceback" not in err and "python cnn.py --data-dir" in err and err.rstrip().endswith("--resume")
-    assert word in err
-    history = json.loads((out / "history.json").read_text())
-    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert checkpoint["epoch"] == len(history["test"]["epoch"]) >= 1
-    assert not list(out.glob("*.tmp"))
+    for process, (stop, _, _) in zip(processes, stops):
+        process.send_signal(stop)
+    for process, out, (_, code, word) in zip(processes, outs, stops):
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == code
+        assert "Traceback" not in err and "python cnn.py --data-dir" in err
+        assert err.rstrip().endswith("--resume")
+        assert word in err
+        history = json.loads((out / "history.json").read_text())
+        checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert checkpoint["epoch"] == len(history["test"]["epoch"]) >= 1
+        assert not list(out.glob("*.tmp"))
 
 
 def test_closed_log_pipe_stops_cleanly_and_keeps_finished_epochs(tiny_mnist, tmp_path, repo):

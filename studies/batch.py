@@ -7,7 +7,7 @@ import torch
 
 from studies.common import color, mlp_with, print_table
 
-FIGURE = "batch_size.png"
+FIGURES = ("batch_size.png",)
 
 
 @torch.no_grad()
@@ -60,4 +60,4 @@ def run(study):
     print_table(["batch", "lr", "BN, eval mode", "BN, batch statistics", "no BN"],
                 [(r["batch"], f"{0.1 * r['batch'] / 100:g}", f"{r['bn_eval']:.4f}",
                   f"{r['bn_batch_stats']:.4f}", f"{r['no_bn']:.4f}") for r in rows])
-    study.save("batch", results, fig, FIGURE)
+    study.save("batch", results, fig, FIGURES[0])

@@ -1,5 +1,10 @@
-"""What every study shares: the data, the seed, training through solver.py's loop, the small
-tables, saving a study's JSON and figure in the repository's one figure style (plot.py's)."""
+"""What every study shares: the data, the seeds, training through solver.py's loop, the one
+failure rule (`outcome`), provenance, the small tables, saving a study's JSON and figure in the
+repository's one figure style (plot.py's), and drawing a mean over seeds with their range."""
+import math
+import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +17,51 @@ import plumbing
 import solver
 
 CHANCE = 0.11   # test accuracy at or below this after training: "stuck" (10 classes)
+FAILED_BELOW = 0.20   # outcome(): a test accuracy below this is a failed run (chance: 0.10)
+
+
+# ----------------------------------------------------------------------------- the failure rule
+
+@torch.no_grad()
+def outcome(model, images, labels, train_loss):
+    """The one failure rule of every study: (label, test accuracy) of a trained model.
+
+    "diverged": the last training loss is not finite (accuracy None: the weights are nan);
+    "failed": finite, but test accuracy below 20%, or at most two classes predicted on the test
+    set (a network that answers "1" for every digit scores 11.35% and has learnt nothing);
+    "ok": otherwise. Evaluated in eval mode; the model is put back into training mode.
+    """
+    if not math.isfinite(train_loss):
+        return "diverged", None
+    model.eval()
+    predicted = torch.cat([model(batch).argmax(dim=1)
+                           for batch in images.split(solver.EVAL_BATCH_SIZE)])
+    model.train()
+    acc = (predicted == labels).float().mean().item()
+    failed = acc < FAILED_BELOW or predicted.unique().numel() <= 2
+    return ("failed" if failed else "ok"), acc
+
+
+def cpu_name():
+    """The CPU as the OS names it, with family and model numbers where /proc/cpuinfo has them,
+    and the instruction set torch's kernels use (the last digits of a run depend on both)."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
+def provenance(seeds):
+    """Where a study's numbers come from: its JSON's top-level `provenance`."""
+    return {"seeds": list(seeds), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": cpu_name(), "command": shlex.join(["python", *sys.argv])}
 
 
 def norm_of(bn):
@@ -33,6 +83,8 @@ class Study:
     def __init__(self, args, data):
         self.args, self.data, self.quick = args, data, args.quick
         self.device, self.seed = data[0].device, args.seed
+        # --seeds N: seeds --seed .. --seed + N - 1 (the studies written before seeds use --seed)
+        self.seeds = [args.seed + i for i in range(args.seeds)]
         self.start = time.perf_counter()
 
     def config(self, **overrides):
@@ -41,20 +93,21 @@ class Study:
                      seed=self.seed)
         return {**mlp.config, **plain, **overrides}
 
-    def model(self, build):
-        """build() under the seed, on the device: the same initial weights every time."""
-        torch.manual_seed(self.seed)
+    def model(self, build, seed=None):
+        """build() under the seed (default --seed), on the device: the same initial weights
+        every time."""
+        torch.manual_seed(self.seed if seed is None else seed)
         return build().to(self.device)
 
     def fit(self, model, config, on_window=lambda iteration, model: None,
-            on_epoch=lambda epoch, lr: None, data=None):
+            on_epoch=lambda epoch, lr: None, data=None, seed=None):
         """Train the model with solver.train; returns (history, outcome).
 
         outcome: "ok", "diverged" (a non-finite loss stopped it) or "stuck" (finite, but the
-        final test accuracy at chance).
+        final test accuracy at chance). The batch order comes from `seed` (default --seed).
         """
         optimizer = solver.make_optimizer(model, config)
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
         history = solver.new_history("experiment", config.get("norm"), 0, config, self.device)
         try:
             solver.train(model, optimizer, data or self.data, config, generator, history,
@@ -67,11 +120,24 @@ class Study:
         print(f"{study:10s} {setting:34s} {result:40s} "
               f"{time.perf_counter() - self.start:7.1f}s", flush=True)
 
+    def train(self, model, config, seed, on_window=lambda iteration, model: None, data=None):
+        """Train the model with solver.train under the studies' one failure rule; returns
+        (history, outcome label, final test accuracy or None). `seed` orders the batches."""
+        history, stopped = self.fit(model, config, on_window=on_window, data=data, seed=seed)
+        last_loss = math.nan if stopped == "diverged" else history["train"]["loss"][-1]
+        test_x, test_y = (data or self.data)[2:]
+        label, acc = outcome(model, test_x, test_y, last_loss)
+        return history, label, acc
+
     def save(self, study, results, fig, figure_name):
         """<out>/<study>.json and the figure, into --figures, in plot.py's style."""
         out = Path(self.args.out)
         out.mkdir(parents=True, exist_ok=True)
         plumbing.save_files({out / f"{study}.json": plumbing.json_writer(results)})
+        self.save_figure(fig, figure_name)
+
+    def save_figure(self, fig, figure_name):
+        """One figure into --figures (a study with two saves its second this way)."""
         figures = Path(self.args.figures)
         figures.mkdir(parents=True, exist_ok=True)
         plot.save_figure(fig, figures / figure_name)
@@ -92,6 +158,42 @@ def show(outcome, acc):
     if outcome == "ok":
         return f"{acc:.2%}"
     return f"{outcome} ({acc:.2%})" if acc is not None else outcome
+
+
+def mean_and_range(values):
+    """(mean, min, max) of a setting's numbers over seeds; None where none is finite."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None
+    return sum(finite) / len(finite), min(finite), max(finite)
+
+
+def show_seeds(values):
+    """"97.12% (96.90-97.30)": the mean over seeds with their range, for tables."""
+    summary = mean_and_range(values)
+    if summary is None:
+        return "-"
+    mean, low, high = summary
+    return f"{mean:.2%}" if len(values) == 1 else f"{mean:.2%} ({low:.2%}-{high:.2%})"
+
+
+def draw_over_seeds(ax, x, per_seed, outcomes, color, label, fmt="o-", floor=0.0):
+    """One setting per x: the mean over seeds of the ok runs as a line, the seeds' range as a
+    band; failed and diverged runs as distinct markers at y = floor (the bottom of the axis),
+    not joined into the curve. per_seed[i] and outcomes[i]: lists over seeds at x[i]."""
+    points = [(xi, [v for v, o in zip(vals, outs) if o == "ok"])
+              for xi, vals, outs in zip(x, per_seed, outcomes)]
+    points = [(xi, vals) for xi, vals in points if vals]
+    if points:
+        xs = [xi for xi, _ in points]
+        ax.plot(xs, [sum(v) / len(v) for _, v in points], fmt, color=color, label=label)
+        ax.fill_between(xs, [min(v) for _, v in points], [max(v) for _, v in points],
+                        color=color, alpha=0.2, lw=0)
+    for kind, mark in (("failed", "v"), ("diverged", "x")):
+        xs = [xi for xi, outs in zip(x, outcomes) for o in outs if o == kind]
+        if xs:
+            ax.scatter(xs, [floor] * len(xs), marker=mark, s=60, color=color, zorder=3,
+                       clip_on=False, label=f"{kind} ({label})")
 
 
 def print_table(header, rows):

@@ -8,7 +8,7 @@ import batchnorm
 import mlp
 from studies.common import print_table, show
 
-FIGURE = "detached_statistics.png"
+FIGURES = ("detached_statistics.png",)
 
 
 def norm(tensors):
@@ -73,4 +73,4 @@ def run(study):
                   f"{results[key]['bias_norm_at_start']:.3g} / {results[key]['bias_norm'][-1]:.3g}",
                   f"{ratio(results[key]):.2e}")
                  for key in ("true", "detached")])
-    study.save("detach", results, fig, FIGURE)
+    study.save("detach", results, fig, FIGURES[0])

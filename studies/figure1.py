@@ -9,7 +9,7 @@ import solver
 from batchnorm import BatchNorm1d
 from studies.common import accuracy, color, label, print_table, show
 
-FIGURE = "bn_paper_figure1.png"
+FIGURES = ("bn_paper_figure1.png",)
 
 
 def figure1_network(bn):
@@ -90,4 +90,4 @@ def run(study):
                 [(key, f"{results[key]['test_acc'][-1]:.4f}",
                   " / ".join(f"{results[key][p][-1]:+.2f}" for p in ("p15", "p50", "p85")))
                  for key in ("no_bn", "bn") if results[key]["test_acc"]])
-    study.save("figure1", results, fig, FIGURE)
+    study.save("figure1", results, fig, FIGURES[0])

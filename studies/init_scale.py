@@ -5,7 +5,7 @@ from torch import nn
 import mlp
 from studies.common import draw_sweep, norm_of, sweep
 
-FIGURE = "init_scale.png"
+FIGURES = ("init_scale.png",)
 
 
 def scaled_init(bn, scale):
@@ -28,4 +28,4 @@ def run(study):
     fig = draw_sweep(results, "scale", "s", "weight scale s: every weight ~ N(0, s^2)",
                      "test accuracy after one epoch",
                      "Initialisation scale (CS231n's experiment), MLP 784-128-64-10")
-    study.save("init", results, fig, FIGURE)
+    study.save("init", results, fig, FIGURES[0])

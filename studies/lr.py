@@ -1,7 +1,7 @@
 """Learning-rate robustness: final test accuracy against a constant rate, with and without BN."""
 from studies.common import draw_sweep, mlp_with, sweep
 
-FIGURE = "lr_robustness.png"
+FIGURES = ("lr_robustness.png",)
 
 
 def run(study):
@@ -14,4 +14,4 @@ def run(study):
     fig = draw_sweep(results, "lr", "lr", "learning rate (constant)",
                      f"test accuracy after {epochs} epoch(s)",
                      "MLP 784-128-64-10: learning-rate robustness")
-    study.save("lr", results, fig, FIGURE)
+    study.save("lr", results, fig, FIGURES[0])

@@ -7,7 +7,7 @@ import batchnorm
 import mlp
 from studies.common import accuracy, print_table
 
-FIGURE = "momentum_convention.png"
+FIGURES = ("momentum_convention.png",)
 
 
 def run(study):
@@ -69,4 +69,4 @@ def run(study):
                   f"{max(r['test_acc']):.4f}", f"{max(r['test_acc']) - min(r['test_acc']):.4f}",
                   f"{torch.tensor(r['running_mean']).std().item():.4f}")
                  for r in results["runs"]])
-    study.save("momentum", results, fig, FIGURE)
+    study.save("momentum", results, fig, FIGURES[0])

@@ -10,7 +10,7 @@ import mlp
 import solver
 from studies.common import accuracy, print_table
 
-FIGURE = "population_statistics.png"
+FIGURES = ("population_statistics.png",)
 
 
 def estimate_gaps(running, population):
@@ -78,4 +78,4 @@ def run(study):
                 [(name, e, f"{r['running_acc'][i]:.4f}", f"{r['population_acc'][i]:.4f}",
                   f"{r['gaps'][i][0]['mean']:.3f} / {r['gaps'][i][0]['var']:.3f}")
                  for name, r in results["models"].items() for i, e in enumerate(r["epoch"])])
-    study.save("population", results, fig, FIGURE)
+    study.save("population", results, fig, FIGURES[0])

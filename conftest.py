@@ -1,5 +1,7 @@
 """What the test modules share: a tiny MNIST written as real IDX files (no test ever downloads),
-the real MNIST where ../shared/data has it, and a script's training run in this process."""
+the real MNIST where ../shared/data has it, a script's training run in this process, and every
+study of experiments.py once in --quick mode."""
+import json
 import struct
 from pathlib import Path
 
@@ -77,3 +79,16 @@ def exit_code_and_stderr(capsys):
             call()
         return stop.value.code, capsys.readouterr().err
     return run
+
+
+@pytest.fixture(scope="session")
+def quick_run(tiny_mnist, tmp_path_factory):
+    """`python experiments.py all --quick` once per session on the tiny data: (the JSON of each
+    study by name, the figures folder)."""
+    import experiments
+    root = tmp_path_factory.mktemp("experiments")
+    experiments.main(["all", "--quick", "--data-dir", str(tiny_mnist), "--device", "cpu",
+                      "--out", str(root / "json"), "--figures", str(root / "figures")])
+    results = {study: json.loads((root / "json" / f"{study}.json").read_text())
+               for study in experiments.STUDIES}
+    return results, root / "figures"

@@ -1,7 +1,10 @@
-"""experiments.py: every study in --quick mode on the tiny IDX data, writing its JSON and figure,
-with at least one assertion per study that a broken study would fail."""
-import json
+"""experiments.py: every study in --quick mode on the tiny IDX data (conftest.py's quick_run),
+writing its JSON and figure, with at least one assertion per study that a broken study would
+fail; the studies' shared pieces: the failure rule, provenance, seeds."""
+import argparse
+import copy
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from torch import nn
@@ -9,17 +12,8 @@ from torch import nn
 import batchnorm
 import experiments
 import mlp
-from studies.common import CHANCE
-
-
-@pytest.fixture(scope="module")
-def quick_run(tiny_mnist, tmp_path_factory):
-    """Every study once, in --quick mode; (results per study, the figures folder)."""
-    root = tmp_path_factory.mktemp("experiments")
-    experiments.main(["all", "--quick", "--data-dir", str(tiny_mnist), "--device", "cpu",
-                      "--out", str(root / "json"), "--figures", str(root / "figures")])
-    results = {study: json.loads((root / "json" / f"{study}.json").read_text()) for study in experiments.STUDIES}
-    return results, root / "figures"
+from studies.common import CHANCE, draw_over_seeds
+from studies.small_batch import population_outcome
 
 
 def test_every_study_writes_its_json_and_its_figure(quick_run):
@@ -133,3 +127,111 @@ def test_missing_mnist_is_one_line(tmp_path, capsys, monkeypatch):
         experiments.main(["lr", "--data-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert stop.value.code == 1 and err.strip() == f"error: MNIST is not in {tmp_path}/MNIST/raw"
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+class Constant(nn.Module):
+    """A 'network' that answers the same class for every image."""
+
+    def __init__(self, answer):
+        super().__init__()
+        self.answer = answer
+
+    def forward(self, x):
+        return nn.functional.one_hot(torch.full((len(x),), self.answer), 10).float()
+
+
+def test_outcome_is_one_rule_for_every_study():
+    images = torch.randn(30, 1, 28, 28)
+    ones = torch.ones(30, dtype=torch.int64)
+    # one class predicted: failed whatever its accuracy (here 100%)
+    assert experiments.outcome(Constant(1), images, ones, train_loss=0.3) == ("failed", 1.0)
+    assert experiments.outcome(Constant(1), images, ones, float("nan"))[0] == "diverged"
+    assert experiments.outcome(Constant(1), images, ones, float("inf")) == ("diverged", None)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    labels = model(images).argmax(dim=1).detach()   # what it answers: right on every image
+    if labels.unique().numel() > 2:
+        assert experiments.outcome(model, images, labels, 0.1) == ("ok", 1.0)
+    wrong = (labels + 1) % 10                        # wrong on every image: accuracy 0 < 20%
+    assert experiments.outcome(model, images, wrong, 0.1) == ("failed", 0.0)
+    assert model.training   # put back into training mode
+
+
+def quick_study(data, seed=0, seeds=1):
+    args = argparse.Namespace(quick=True, seed=seed, seeds=seeds, out="unused", figures="unused")
+    return experiments.Study(args, data)
+
+
+def test_a_diverging_arm_is_labelled_and_crashes_nothing(tiny_mnist):
+    study = quick_study(experiments.solver.load_mnist(tiny_mnist, torch.device("cpu")))
+    model = study.model(lambda: mlp.build_model("none"), seed=0)
+    history, label, acc = study.train(model, study.config(learning_rate=1e30), seed=0)
+    assert (label, acc) == ("diverged", None)   # a label, not an exception
+    fig, ax = plt.subplots()   # and it is drawn as a marker at the bottom, not a point of a line
+    draw_over_seeds(ax, [1, 2], [[0.9, 0.8], [acc, 0.7]], [["ok", "ok"], [label, "ok"]],
+                    "tab:blue", "arm")
+    assert [tuple(p) for p in ax.collections[-1].get_offsets()] == [(2.0, 0.0)]
+    assert list(ax.lines[0].get_ydata()) == [pytest.approx(0.85), 0.7]
+    plt.close(fig)
+
+
+def test_provenance_names_seeds_versions_threads_cpu_and_command(quick_run):
+    for name in ("small_batch", "placement"):
+        provenance = quick_run[0][name]["provenance"]
+        assert provenance["seeds"] == [0] and provenance["torch"] == torch.__version__
+        assert provenance["threads"] == torch.get_num_threads()
+        assert torch.backends.cpu.get_cpu_capability() in provenance["cpu"]
+        assert provenance["command"].startswith("python ")
+
+
+def test_seeds_n_runs_seeds_seed_to_seed_plus_n_minus_1():
+    assert quick_study((torch.zeros(1, 1),), seed=5, seeds=3).seeds == [5, 6, 7]
+
+
+# ----------------------------------------------------------------------------- small_batch, placement
+
+def test_small_batch_has_every_arm_at_every_batch_size_per_seed(quick_run):
+    study = quick_run[0]["small_batch"]
+    assert study["sizes"][0] == 2 and study["images"] <= 200
+    for model in ("mlp", "cnn"):
+        record = study["models"][model]
+        assert set(record) == {"bn", "bn_population", "brn", "gn", "ln", "none"}
+        for arm in record.values():
+            assert len(arm["test_acc"]) == len(arm["outcome"]) == len(study["sizes"])
+            assert all(len(seeds) == 1 for seeds in arm["test_acc"])
+            assert all(o in ("ok", "failed", "diverged") for seeds in arm["outcome"] for o in seeds)
+
+
+def test_population_arm_evaluates_a_recalibrated_copy_of_the_bn_run():
+    torch.manual_seed(0)
+    model = mlp.build_model("bn")
+    train_x, test_x = torch.randn(40, 1, 28, 28), torch.randn(30, 1, 28, 28)
+    test_y = torch.randint(0, 10, (30,))
+    model(train_x[:8])   # one training step's statistics: running estimates far from the data's
+    running = [layer.running_mean.clone() for layer in batchnorm.batchnorm_layers(model)]
+    label, acc = population_outcome(model, train_x, 4, test_x, test_y, 0.1)
+    by_hand = batchnorm.recalibrate(copy.deepcopy(model), train_x.split(4))
+    assert acc == (by_hand(test_x).argmax(dim=1) == test_y).float().mean().item()
+    assert acc != experiments.outcome(model, test_x, test_y, 0.1)[1]   # not the running ones
+    assert all(torch.equal(r, layer.running_mean)                      # the run is untouched
+               for r, layer in zip(running, batchnorm.batchnorm_layers(model)))
+
+
+def test_placement_pairs_the_two_arms_by_seed(quick_run):
+    study = quick_run[0]["placement"]
+    for model in ("mlp", "cnn"):
+        arms = study["models"][model]
+        assert len(arms["before"]["test_acc"]) == len(arms["after"]["test_acc"]) == 1
+        difference = arms["after"]["test_acc"][0] - arms["before"]["test_acc"][0]
+        assert arms["after_minus_before"] == [pytest.approx(difference)]
+        assert len(arms["before"]["test_acc_per_epoch"][0]) == study["epochs"]
+
+
+def test_bn_after_the_relu_keeps_the_bias_before_it():
+    from studies.placement import BUILDERS
+    after = BUILDERS["mlp"]["after"]()
+    kinds = [type(m).__name__ for m in after]
+    assert kinds[1:4] == ["Linear", "ReLU", "BatchNorm1d"] and after[1].bias is not None
+    before = BUILDERS["mlp"]["before"]()
+    assert [type(m).__name__ for m in before][1:4] == ["Linear", "BatchNorm1d", "ReLU"]

@@ -221,3 +221,25 @@ def test_one_epoch_of_the_mlp_on_real_mnist(real_mnist, tmp_path, train):
     train("mlp", real_mnist, tmp_path, "--epochs", "1", "--disp-freq", "50")
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["test"]["acc"][-1] > 0.95
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet"])
+def test_every_normalization_trains_in_every_script(name, tiny_mnist, tmp_path, train,
+                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)   # the default --out, runs/<script>_<norm>, lands here
+    script = registry.model_script(name)
+    for norm in ("ln", "gn", "brn"):
+        argv = ["--norm", norm, "--epochs", "1", "--batch-size", "50", "--data-dir",
+                str(tiny_mnist), "--device", "cpu"]
+        solver.run(name, script.build_model, script.config, argv=argv)
+        history = read_json(tmp_path / "runs" / f"{name}_{norm}" / "history.json")
+        assert history["norm"] == norm and history["bn"] is False
+        assert all(math.isfinite(loss) for loss in history["train"]["loss"])
+        model = script.build_model(norm)
+        kinds = {type(m).__name__ for m in model.modules()}
+        expected = {"ln": "LayerNorm", "gn": "GroupNorm", "brn": "BatchRenorm"}[norm]
+        assert any(kind.startswith(expected) for kind in kinds) and "BatchNorm1d" not in kinds
+        assert history["params"] == sum(p.numel() for p in model.parameters())
+        if norm == "gn":   # the network's own named group count, in every GroupNorm layer
+            groups = {m.num_groups for m in model.modules() if type(m).__name__ == "GroupNorm"}
+            assert groups == {script.GN_GROUPS}

@@ -217,8 +217,8 @@ MALLINFO_PROGRAM = textwrap.dedent("""
 def test_freed_tensor_memory_stays_in_the_heap_for_reuse(mode, repo):
     # In a fresh process, so malloc starts clean. glibc's default gives a large tensor its own
     # mmap and hands it back to the OS when freed, so the next step's tensor faults its pages in
-    # again (measured: hundreds of page faults per CNN+BN step, none with the fix; the count
-    # itself varies from run to run, so the test checks the mechanism, which does not).
+    # again (docs/performance-notes.md counts the faults; their number varies from run to run,
+    # so the test checks the mechanism, which does not).
     result = subprocess.run([sys.executable, "-c", MALLINFO_PROGRAM, mode], capture_output=True, text=True,
                             cwd=repo, check=True)
     memory = json.loads(result.stdout)

@@ -9,7 +9,8 @@
     python experiments.py detach       # the BN paper's section 2: detached statistics
     python experiments.py small_batch  # BN, Batch Renorm, GroupNorm, LayerNorm at batches 2-128
     python experiments.py placement    # BN before or after the ReLU
-    python experiments.py all          # every study (about 10 minutes on a 2-core CPU)
+    python experiments.py diagnostics  # per-layer activations, gradients, update ratios
+    python experiments.py all          # every study (docs/studies.md gives each one's time)
     python experiments.py all --quick  # every study shrunk to seconds, for tests and a first look
 
 Each study is a page of its own in studies/ (studies/common.py holds what they share). It
@@ -22,19 +23,28 @@ numbers on the CPU. Unless a study says otherwise, training uses the report's SG
 import argparse
 import time
 
+import torch
+
 import plumbing
 import solver
 from studies import batch, detach, figure1, init_scale, lr, momentum, population
 from studies import placement, small_batch
+from studies import diagnostics
+from studies import ics, noisy, smoothness
 # The names other code and the tests use, importable from here wherever the studies live:
 from studies.batch import batch_statistics_accuracy           # noqa: F401
 from studies.common import Study, outcome                      # noqa: F401
 from studies.figure1 import figure1_network                   # noqa: F401
+from studies.diagnostics import layer_diagnostics            # noqa: F401
+from studies.noisy import BatchNoise                         # noqa: F401
+from studies.smoothness import along_gradient                # noqa: F401
 
 STUDIES = {  # the name on the command line -> its page in studies/ (run(study), FIGURES)
     "figure1": figure1, "lr": lr, "batch": batch, "momentum": momentum, "init": init_scale,
     "population": population, "detach": detach,
-    "small_batch": small_batch, "placement": placement}
+    "small_batch": small_batch, "placement": placement,
+    "diagnostics": diagnostics,
+    "noisy": noisy, "ics": ics, "smoothness": smoothness}
 FIGURES = {name: study.FIGURES for name, study in STUDIES.items()}   # the files each one draws
 
 
@@ -51,9 +61,14 @@ def main(argv=None):
     parser.add_argument("--out", default="runs/experiments", help="where each study's JSON goes")
     parser.add_argument("--figures", default="figures", help="where each study's figure goes")
     parser.add_argument("--quick", action="store_true", help="every study shrunk to seconds")
+    parser.add_argument("--threads", type=plumbing.positive_int, default=None,
+                        help="torch's intra-op threads (default: torch's choice here); 1 is "
+                             "faster at tiny batches and when other work shares the cores")
     args = parser.parse_args(argv)
     if args.seeds is None:
         args.seeds = 1 if args.quick else 3
+    if args.threads:
+        torch.set_num_threads(args.threads)   # recorded in each study's provenance
     with plumbing.one_line_failures(lambda: f"the studies that finished are saved in {args.out}"):
         device = plumbing.pick_device(args.device)
         data = solver.load_mnist(args.data_dir, device)

@@ -16,7 +16,6 @@ import plot   # the figure style: headless backend, DPI, a colour and a label pe
 import plumbing
 import solver
 
-CHANCE = 0.11   # test accuracy at or below this after training: "stuck" (10 classes)
 FAILED_BELOW = 0.20   # outcome(): a test accuracy below this is a failed run (chance: 0.10)
 
 
@@ -74,6 +73,7 @@ def color(bn):
 
 
 def label(bn):
+    """"with BN" or "without BN", as plot.py's figures say it."""
     return plot.NORM_LABELS[norm_of(bn)]
 
 
@@ -101,11 +101,9 @@ class Study:
 
     def fit(self, model, config, on_window=lambda iteration, model: None,
             on_epoch=lambda epoch, lr: None, data=None, seed=None):
-        """Train the model with solver.train; returns (history, outcome).
-
-        outcome: "ok", "diverged" (a non-finite loss stopped it) or "stuck" (finite, but the
-        final test accuracy at chance). The batch order comes from `seed` (default --seed).
-        """
+        """Train the model with solver.train; returns (history, diverged): diverged is True
+        where a non-finite loss stopped it. The batch order comes from `seed` (default --seed).
+        `train` below adds the verdict of the failure rule."""
         optimizer = solver.make_optimizer(model, config)
         generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
         history = solver.new_history("experiment", config.get("norm"), 0, config, self.device)
@@ -113,8 +111,8 @@ class Study:
             solver.train(model, optimizer, data or self.data, config, generator, history,
                          on_window=on_window, on_epoch=on_epoch)
         except plumbing.Diverged:
-            return history, "diverged"
-        return history, "stuck" if history["test"]["acc"][-1] <= CHANCE else "ok"
+            return history, True
+        return history, False
 
     def progress(self, study, setting, result):
         print(f"{study:10s} {setting:34s} {result:40s} "
@@ -123,8 +121,8 @@ class Study:
     def train(self, model, config, seed, on_window=lambda iteration, model: None, data=None):
         """Train the model with solver.train under the studies' one failure rule; returns
         (history, outcome label, final test accuracy or None). `seed` orders the batches."""
-        history, stopped = self.fit(model, config, on_window=on_window, data=data, seed=seed)
-        last_loss = math.nan if stopped == "diverged" else history["train"]["loss"][-1]
+        history, diverged = self.fit(model, config, on_window=on_window, data=data, seed=seed)
+        last_loss = math.nan if diverged else history["train"]["loss"][-1]
         test_x, test_y = (data or self.data)[2:]
         label, acc = outcome(model, test_x, test_y, last_loss)
         return history, label, acc
@@ -152,12 +150,6 @@ def accuracy(model, images, labels):
 
 def mlp_with(bn):
     return lambda: mlp.build_model(norm_of(bn))
-
-
-def show(outcome, acc):
-    if outcome == "ok":
-        return f"{acc:.2%}"
-    return f"{outcome} ({acc:.2%})" if acc is not None else outcome
 
 
 def mean_and_range(values):
@@ -205,39 +197,43 @@ def print_table(header, rows):
 
 # ----------------------------------------------------------------------------- sweeps (lr, init)
 
-def sweep(study, name, key, values, make):
-    """Train make(bn, value) -> (model, config) for every value, without BN then with BN.
+def sweep(study, name, key, values, make, measure=None):
+    """Train make(bn, value) -> (build, config) at every value and seed, without BN then with BN.
 
-    Returns {"no_bn": [...], "bn": [...]}, one {key: value, "outcome", "test_acc"} per value
-    (test_acc None where the loss diverged)."""
+    Returns {"no_bn": [...], "bn": [...]}: per value {key: value, "outcome": [...],
+    "test_acc": [...]}, lists in seed order (test_acc None where the loss diverged), and, if
+    measure(model) is given, "measured": [...] its result on each trained model (None where the
+    loss diverged)."""
     results = {"no_bn": [], "bn": []}
     for bn in (False, True):
         for value in values:
-            history, outcome = study.fit(*make(bn, value))
-            acc = history["test"]["acc"][-1] if outcome != "diverged" else None
-            results["bn" if bn else "no_bn"].append({key: value, "outcome": outcome,
-                                                     "test_acc": acc})
-            study.progress(name, f"{label(bn)}, {key} {value:g}", show(outcome, acc))
+            point = {key: value, "outcome": [], "test_acc": []}
+            if measure:
+                point["measured"] = []
+            for seed in study.seeds:
+                build, config = make(bn, value)
+                model = study.model(build, seed)
+                _, verdict, acc = study.train(model, config, seed)
+                point["outcome"].append(verdict)
+                point["test_acc"].append(acc)
+                if measure:
+                    point["measured"].append(None if verdict == "diverged" else measure(model))
+            results["bn" if bn else "no_bn"].append(point)
+            study.progress(name, f"{label(bn)}, {key} {value:g}",
+                           f"{show_seeds(point['test_acc'])} {' '.join(point['outcome'])}")
     return results
 
 
-def draw_sweep(results, key, column, xlabel, ylabel, title):
-    """Test accuracy against the swept value, the two failures marked; prints the table too."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+def draw_sweep(ax, results, key, xlabel, ylabel, title, value="test_acc"):
+    """Accuracy against the swept value, mean over seeds with their range; failed and diverged
+    runs as markers at the bottom. Prints the table too."""
     for bn in (False, True):
         points = results["bn" if bn else "no_bn"]
-        accs = [p["test_acc"] if p["test_acc"] is not None else 0 for p in points]
-        ax.plot([p[key] for p in points], accs, "o-", color=color(bn), label=label(bn))
-        for kind, marker in (("diverged", "x"), ("stuck", "o")):
-            marked = [p for p in points if p["outcome"] == kind]
-            ax.scatter([p[key] for p in marked], [p["test_acc"] or 0 for p in marked],
-                       marker=marker, s=80, color=color(bn), zorder=3,
-                       label=f"{kind} ({label(bn)})")
+        draw_over_seeds(ax, [p[key] for p in points], [p[value] for p in points],
+                        [p["outcome"] for p in points], color(bn), label(bn))
     ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, title=title, ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    print_table([column, "without BN", "with BN"],
-                [(f"{a[key]:g}", show(a["outcome"], a["test_acc"]),
-                  show(b["outcome"], b["test_acc"]))
+    print_table([key, "without BN", "with BN"],
+                [(f"{a[key]:g}", f"{show_seeds(a[value])} {' '.join(a['outcome'])}",
+                  f"{show_seeds(b[value])} {' '.join(b['outcome'])}")
                  for a, b in zip(results["no_bn"], results["bn"])])
-    return fig

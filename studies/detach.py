@@ -1,14 +1,21 @@
 """The BN paper's section 2: what goes wrong when the gradient ignores that mu_B and sigma_B^2
-depend on the weights (`detach_stats=True`), seen in the bias before BN."""
+depend on the weights (`detach_stats=True`), seen in the bias before BN. Four arms: the true
+gradient; detached statistics; detached without a bias (only the wrong gradient for W is
+left); detached with beta frozen at 0 (nothing absorbs the bias: the paper's unbounded case)."""
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
 import batchnorm
 import mlp
-from studies.common import print_table, show
+from studies.common import print_table, provenance, show_seeds
 
 FIGURES = ("detached_statistics.png",)
+ARMS = {  # name -> (bias before BN, detach_stats, beta trained)
+    "true": (True, False, True), "detached": (True, True, True),
+    "detached_no_bias": (False, True, True), "detached_beta_frozen": (True, True, False)}
+COLORS = {"true": "tab:blue", "detached": "tab:red", "detached_no_bias": "tab:orange",
+          "detached_beta_frozen": "tab:brown"}
 
 
 def norm(tensors):
@@ -16,61 +23,86 @@ def norm(tensors):
     return sum(t.norm() ** 2 for t in tensors).sqrt().item()
 
 
+def build(bias, detach, beta_trained):
+    model = mlp.build_model("bn", bias=bias)
+    for layer in batchnorm.batchnorm_layers(model):
+        layer.detach_stats = detach
+        layer.bias.requires_grad_(beta_trained)   # frozen: beta stays 0, it gets no gradient
+    return model
+
+
 def run(study):
-    """mlp.py's network with biases before BN, trained with the true gradient and with
-    detach_stats=True (mu_B, sigma_B^2 as constants); no weight decay, so nothing but the
-    gradient moves the biases."""
+    """mlp.py's network, no weight decay (so nothing but the gradient moves the biases)."""
     epochs = 1 if study.quick else 3
     config = study.config(max_epoch=epochs, weight_decay=0.0)
-    results = {"epochs": epochs}
-    for detach in (False, True):
-        record = {"iter": [], "bias_norm": [], "weight_norm": [], "bias_grad": [],
-                  "weight_grad": []}
+    results = {"provenance": provenance(study.seeds), "epochs": epochs, "arms": {}}
+    for name, (bias, detach, beta_trained) in ARMS.items():
+        arm = {"test_acc": [], "outcome": [], "iter": None, "train_loss": [], "bias_norm": [],
+               "bias_norm_at_start": [], "weight_norm": [], "bias_grad": [], "weight_grad": [],
+               "beta_grad": []}
+        for seed in study.seeds:
+            keys = ["iter", "weight_norm", "weight_grad", "beta_grad"]
+            record = {key: [] for key in keys + (["bias_norm", "bias_grad"] if bias else [])}
+            model = study.model(lambda: build(bias, detach, beta_trained), seed)
+            hidden = [m for m in model.modules() if isinstance(m, nn.Linear)][:-1]
+            betas = [layer.bias for layer in batchnorm.batchnorm_layers(model)]
+            arm["bias_norm_at_start"].append(norm(m.bias for m in hidden) if bias else 0.0)
 
-        model = study.model(lambda: mlp.build_model("bn", bias=True))
-        for layer in batchnorm.batchnorm_layers(model):
-            layer.detach_stats = detach
-        hidden = [m for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None]
-        record["bias_norm_at_start"] = norm(m.bias for m in hidden)
+            def on_window(iteration, model):
+                record["iter"].append(iteration)
+                record["weight_norm"].append(norm(m.weight for m in hidden))
+                record["weight_grad"].append(norm(m.weight.grad for m in hidden))
+                record["beta_grad"].append(norm(b.grad for b in betas) if beta_trained else 0.0)
+                if bias:
+                    record["bias_norm"].append(norm(m.bias for m in hidden))
+                    record["bias_grad"].append(norm(m.bias.grad for m in hidden))
 
-        def on_window(iteration, model):
-            record["iter"].append(iteration)
-            record["bias_norm"].append(norm(m.bias for m in hidden))
-            record["weight_norm"].append(norm(m.weight for m in hidden))
-            record["bias_grad"].append(norm(m.bias.grad for m in hidden))
-            record["weight_grad"].append(norm(m.weight.grad for m in hidden))
+            history, verdict, acc = study.train(model, config, seed, on_window=on_window)
+            arm["test_acc"].append(acc)
+            arm["outcome"].append(verdict)
+            arm["iter"] = record.pop("iter")
+            arm["train_loss"].append(history["train"]["loss"])
+            for key, values in record.items():
+                arm[key].append(values)
+        results["arms"][name] = arm
+        end = [b[-1] for b in arm["bias_norm"]] if bias else []
+        study.progress("detach", name, f"{show_seeds(arm['test_acc'])}"
+                       + (f", bias norm at the end {min(end):.3g}-{max(end):.3g}" if end else ""))
 
-        history, outcome = study.fit(model, config, on_window=on_window)
-        record.update(outcome=outcome, test_acc=history["test"]["acc"],
-                      train_loss=history["train"]["loss"])
-        results["detached" if detach else "true"] = record
-        acc = history["test"]["acc"][-1] if history["test"]["acc"] else None
-        study.progress("detach", "detach_stats=True" if detach else "true gradient",
-                       f"{show(outcome, acc)}, bias norm {record['bias_norm'][-1]:.3g}")
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for key, color, label in (("true", "tab:blue", "true gradient"),
-                              ("detached", "tab:red", "detach_stats=True")):
-        r = results[key]
-        axes[0].plot(r["iter"], r["train_loss"], color=color, lw=0.8, label=label)
-        axes[1].plot(r["iter"], r["bias_norm"], color=color, label=f"{label}: biases before BN")
-        axes[1].plot(r["iter"], r["weight_norm"], "--", color=color, label=f"{label}: weights")
-        ratio = [b / w for b, w in zip(r["bias_grad"], r["weight_grad"])]
-        axes[2].plot(r["iter"], ratio, color=color, label=label)
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
+    for name, arm in results["arms"].items():
+        color, iters = COLORS[name], arm["iter"]
+        for s in range(len(study.seeds)):
+            first = s == 0
+            axes[0].plot(iters, arm["train_loss"][s], color=color, lw=0.7,
+                         label=name if first else None)
+            if arm["bias_norm"]:
+                axes[1].plot(iters, arm["bias_norm"][s], color=color,
+                             label=f"{name}: biases before BN" if first else None)
+                ratio = [b / w for b, w in zip(arm["bias_grad"][s], arm["weight_grad"][s])]
+                axes[2].plot(iters, ratio, color=color, label=name if first else None)
+            if any(arm["beta_grad"][s]):
+                axes[3].plot(iters, arm["beta_grad"][s], color=color,
+                             label=name if first else None)
     axes[0].set(xlabel="iteration", ylabel="train loss (50-step window)", yscale="log",
                 title="training")
-    axes[1].set(xlabel="iteration", ylabel="norm", yscale="log",
-                title="hidden layers' biases and weights")
+    axes[1].set(xlabel="iteration", ylabel="norm of the hidden layers' biases", yscale="log",
+                title="the bias before BN")
     axes[2].set(xlabel="iteration", ylabel="|grad bias| / |grad W|", yscale="log",
-                title="gradient of the bias before BN")
+                title="the gradient of the bias before BN")
+    axes[3].set(xlabel="iteration", ylabel="|dL/dbeta|", yscale="log",
+                title="the gradient of beta")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    ratio = lambda r: torch.tensor(r["bias_grad"]).div(torch.tensor(r["weight_grad"])).median()
-    print_table(["gradient", "final test acc", "bias norm: initial / end",
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Detached statistics (each line: a seed)")
+    ratio = lambda arm: torch.tensor([b / w for bs, ws in zip(arm["bias_grad"], arm["weight_grad"])
+                                      for b, w in zip(bs, ws)]).median().item()
+    print_table(["arm", "final test acc", "bias norm: initial / end (seed 0)",
                  "|grad b| / |grad W| (median)"],
-                [(key, f"{results[key]['test_acc'][-1]:.4f}" if results[key]["test_acc"] else "-",
-                  f"{results[key]['bias_norm_at_start']:.3g} / {results[key]['bias_norm'][-1]:.3g}",
-                  f"{ratio(results[key]):.2e}")
-                 for key in ("true", "detached")])
+                [(name, show_seeds(arm["test_acc"]),
+                  f"{arm['bias_norm_at_start'][0]:.3g} / {arm['bias_norm'][0][-1]:.3g}"
+                  if arm["bias_norm"] else "-",
+                  f"{ratio(arm):.2e}" if arm["bias_norm"] else "-")
+                 for name, arm in results["arms"].items()])
     study.save("detach", results, fig, FIGURES[0])

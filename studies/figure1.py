@@ -1,23 +1,34 @@
 """The BN paper's Figure 1 (its section 4.1), redone: a 3 x 100 sigmoid network on binary MNIST,
-(a) test accuracy over 50,000 steps with and without BN, (b, c) the 15th/50th/85th percentiles
-of one last-layer sigmoid's input over training."""
+(a) test accuracy over 50,000 steps with and without BN, (b, c, d) the 15th/50th/85th
+percentiles of one last-layer sigmoid's input over training."""
+import copy
+
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
+import batchnorm
 import solver
 from batchnorm import BatchNorm1d
-from studies.common import accuracy, color, label, print_table, show
+from studies.common import (color, draw_over_seeds, outcome, print_table, provenance,
+                            show_seeds)
 
 FIGURES = ("bn_paper_figure1.png",)
+ARMS = {  # name in figure1.json -> (with BN?, initialisation of every weight)
+    "bn": (True, "glorot"), "no_bn": (False, "glorot"), "no_bn_small_init": (False, "small")}
+TITLES = {"bn": "with BN", "no_bn": "without BN", "no_bn_small_init": "without BN, N(0, 0.01²)"}
+UNIT = 0   # the unit of the last hidden layer whose input panels (b)-(d) follow
 
 
-def figure1_network(bn):
+def figure1_network(bn, init="glorot"):
     """The BN paper's section 4.1 network: 784 -> 3 x 100 sigmoid units -> 10, cross-entropy.
 
     With BN, a batchnorm.py layer normalises each W u before its sigmoid, and the bias is
-    dropped (beta takes its place). Weights start N(0, 0.01^2), biases 0: our rule, fixed
-    before the run (the paper says only "small random Gaussian values").
+    dropped (beta takes its place). The paper says only "small random Gaussian values", so:
+    init="glorot": Glorot (Xavier) uniform weights, the standard for sigmoid units (it keeps the
+    variance of each layer's input, and of the gradient going back, about the same from layer
+    to layer while the sigmoid is near its linear middle) and what Santurkar et al. (2018) used;
+    init="small": N(0, 0.01^2), the small-initialisation case. Biases start at 0.
     """
     layers, n_in = [nn.Flatten()], 28 * 28
     for _ in range(3):
@@ -27,10 +38,35 @@ def figure1_network(bn):
     network = nn.Sequential(*layers, nn.Linear(100, 10))
     for module in network:
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.01)
+            if init == "glorot":
+                nn.init.xavier_uniform_(module.weight)
+            else:
+                nn.init.normal_(module.weight, 0.0, 0.01)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return network
+
+
+@torch.no_grad()
+def last_sigmoid_input(model, images):
+    """The percentiles of UNIT's input to the last sigmoid, over `images`, in eval mode."""
+    last_sigmoid = [m for m in model if isinstance(m, nn.Sigmoid)][-1]
+    seen = {}
+    hook = last_sigmoid.register_forward_pre_hook(lambda m, inputs: seen.update(x=inputs[0]))
+    mode = model.training
+    model.eval()
+    model(images)
+    model.train(mode)
+    hook.remove()
+    return solver.percentiles(seen["x"][:, UNIT])
+
+
+def as_at_inference(model, batches):
+    """The network as the paper evaluates it: BN with population statistics (Algorithm 2,
+    `recalibrate`) from fixed training batches; without BN, the network itself."""
+    if not batchnorm.batchnorm_layers(model):
+        return model
+    return batchnorm.recalibrate(copy.deepcopy(model), batches)
 
 
 def run(study):
@@ -44,50 +80,66 @@ def run(study):
     config = study.config(batch_size=60, momentum=0.0, weight_decay=0.0, disp_freq=every,
                           max_epoch=-(-steps // per_epoch))   # whole epochs covering `steps`
     probe_images = data[2][:1000]
-    results = {"rule": "plain SGD, lr 0.1, batch 60, weights N(0, 0.01^2), binary input",
-               "steps": config["max_epoch"] * per_epoch, "unit": 0}
-    for bn in (False, True):
-        record = {"step": [], "test_acc": []}
-        network = study.model(lambda: figure1_network(bn))
-        last_sigmoid = [m for m in network if isinstance(m, nn.Sigmoid)][-1]
-        probe = solver.InputProbe(network, unit=results["unit"], module=last_sigmoid,
-                                  layer="input of the last sigmoid")
+    population_batches = data[0][:6000].split(60)   # 100 fixed training batches, as in training
+    results = {"provenance": provenance(study.seeds),
+               "rule": "plain SGD, lr 0.1, batch 60, binary input; Glorot uniform weights (the "
+                       "small-init arm: N(0, 0.01^2)), biases 0; BN evaluated with population "
+                       "statistics from 100 training batches of 60",
+               "steps": config["max_epoch"] * per_epoch, "unit": UNIT}
+    for name, (bn, init) in ARMS.items():
+        record = {"step": [], "test_acc": [], "outcome": [], "final_test_acc": [],
+                  "p15": [], "p50": [], "p85": []}
+        for seed in study.seeds:
+            curve = {"test_acc": [], "p15": [], "p50": [], "p85": []}
+            steps_seen = []
 
-        def on_window(iteration, model):
-            record["step"].append(iteration)
-            record["test_acc"].append(accuracy(model, data[2], data[3]))
-            model.eval()   # the last sigmoid's input over 1,000 fixed test images, as at inference
-            with torch.no_grad():
-                model(probe_images)
-            probe.record_window(iteration)
-            model.train()
+            def on_window(iteration, model):
+                steps_seen.append(iteration)
+                at_inference = as_at_inference(model, population_batches)
+                curve["test_acc"].append(solver.evaluate(at_inference, data[2], data[3])[1])
+                for key, value in last_sigmoid_input(at_inference, probe_images).items():
+                    curve[key].append(value)
+                model.train()
 
-        _, outcome = study.fit(network, config, on_window=on_window, data=data)
-        percentiles = {key: probe.record[key] for key in ("p15", "p50", "p85")}
-        results["bn" if bn else "no_bn"] = dict(record, **percentiles, outcome=outcome)
-        study.progress("figure1", f"{label(bn)}, {results['steps']:,} steps",
-                       show(outcome, record["test_acc"][-1] if record["test_acc"] else None))
+            network = study.model(lambda: figure1_network(bn, init), seed)
+            history, label, _ = study.train(network, config, seed, on_window=on_window,
+                                            data=data)
+            if label != "diverged":   # the final verdict on the network as at inference
+                label, _ = outcome(as_at_inference(network, population_batches), data[2],
+                                   data[3], history["train"]["loss"][-1])
+            record["step"] = steps_seen
+            for key, values in curve.items():
+                record[key].append(values)
+            record["outcome"].append(label)
+            record["final_test_acc"].append(curve["test_acc"][-1] if curve["test_acc"] else None)
+        results[name] = record
+        study.progress("figure1", f"{TITLES[name]}, {results['steps']:,} steps",
+                       show_seeds(record["final_test_acc"]))
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for bn, key in ((False, "no_bn"), (True, "bn")):
-        axes[0].plot(results[key]["step"], results[key]["test_acc"], color=color(bn),
-                     label=label(bn))
-    axes[0].set(xlabel="training step", ylabel="test accuracy", title="(a) test accuracy",
-                ylim=(0.7, 1.0))
-    axes[0].legend()
-    for ax, key, bn, title in ((axes[1], "no_bn", False, "(b) without BN"),
-                               (axes[2], "bn", True, "(c) with BN")):
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
+    colors = {"bn": color(True), "no_bn": color(False), "no_bn_small_init": "tab:brown"}
+    for name, record in results.items():
+        if name in ARMS:
+            per_step = [list(accs) for accs in zip(*record["test_acc"])]
+            draw_over_seeds(axes[0], record["step"], per_step,
+                            [["ok"] * len(accs) for accs in per_step], colors[name],
+                            TITLES[name], fmt="-")
+    axes[0].set(xlabel="training step", ylabel="test accuracy", ylim=(0, 1),
+                title="(a) test accuracy (band: range over seeds)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    for ax, name, panel in zip(axes[1:], ARMS, "bcd"):
+        record = results[name]
         for p, style in (("p85", ":"), ("p50", "-"), ("p15", "--")):
-            ax.plot(results[key]["step"], results[key][p], style, color=color(bn),
+            ax.plot(record["step"], record[p][0], style, color=colors[name],
                     label=f"{p[1:]}th percentile")
-        ax.set(xlabel="training step", ylabel="input of a last-layer sigmoid", title=title)
-        ax.legend(fontsize=7, framealpha=0.6,
-                  loc="upper right" if key == "no_bn" else "center right")
+        ax.set(xlabel="training step", ylabel="input of a last-layer sigmoid",
+               title=f"({panel}) {TITLES[name]}, seed {study.seeds[0]}")
+        ax.legend(fontsize=7, loc="best")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle("The BN paper's Figure 1, redone: 3 x 100 sigmoid units, batches of 60")
-    print_table(["network", "final test acc", "p15 / p50 / p85 at the end"],
-                [(key, f"{results[key]['test_acc'][-1]:.4f}",
-                  " / ".join(f"{results[key][p][-1]:+.2f}" for p in ("p15", "p50", "p85")))
-                 for key in ("no_bn", "bn") if results[key]["test_acc"]])
+    print_table(["network", "test acc at the end (seeds)", "p15 / p50 / p85 at the end, seed 0"],
+                [(TITLES[name], show_seeds(results[name]["final_test_acc"]),
+                  " / ".join(f"{results[name][p][0][-1]:+.2f}" for p in ("p15", "p50", "p85")))
+                 for name in ARMS if results[name]["step"]])
     study.save("figure1", results, fig, FIGURES[0])

@@ -1,18 +1,34 @@
-"""Initialisation scale, as in CS231n's BN assignment: test accuracy after one epoch against the
-scale s of every initial weight, with and without BN."""
+"""Initialisation scale, as in CS231n's BN assignment: train and test accuracy after one epoch
+against the scale s of every initial weight, with and without BN, for the report's MLP and for
+CS231n's deeper network (7 hidden layers of 50 units)."""
+import math
+
+import matplotlib.pyplot as plt
+import torch
 from torch import nn
 
 import mlp
-from studies.common import draw_sweep, norm_of, sweep
+from batchnorm import norm_layers
+from studies.common import draw_sweep, norm_of, provenance, sweep
 
 FIGURES = ("init_scale.png",)
+NETWORKS = {"mlp": (784, 128, 64), "deep": (784, *[50] * 7)}   # the widths before the output
 
 
-def scaled_init(bn, scale):
-    """mlp.py's network with every linear weight drawn from N(0, scale^2) (CS231n's
-    weight_scale)."""
+def network(widths, bn):
+    """linear (no bias, as mlp.py) -> [BN] -> ReLU for each hidden layer, then linear to 10."""
+    layers = [nn.Flatten()]
+    for n_in, n_out in zip(widths, widths[1:]):
+        layers += [nn.Linear(n_in, n_out, bias=False), *norm_layers(norm_of(bn), n_out, rank=2),
+                   nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], 10, bias=False))
+
+
+def scaled_init(name, bn, scale):
+    """The network with every linear weight drawn from N(0, scale^2) (CS231n's weight_scale).
+    The report's MLP is mlp.py's own network."""
     def build():
-        model = mlp.build_model(norm_of(bn))
+        model = mlp.build_model(norm_of(bn)) if name == "mlp" else network(NETWORKS[name], bn)
         for module in model.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, scale)
@@ -20,12 +36,54 @@ def scaled_init(bn, scale):
     return build
 
 
+def default_scales(widths):
+    """The weight std that torch's default (U(+-1/sqrt(fan_in))) and Kaiming's (N(0, 2/fan_in),
+    for ReLU) give each layer: (lowest, highest) over the layers, since both depend on fan-in."""
+    fan_ins = widths
+    torch_default = [1 / math.sqrt(3 * f) for f in fan_ins]
+    kaiming = [math.sqrt(2 / f) for f in fan_ins]
+    return {"torch": (min(torch_default), max(torch_default)),
+            "kaiming": (min(kaiming), max(kaiming))}
+
+
+def train_accuracy(train_x, train_y):
+    """The accuracy on 10,000 training images in eval mode: a measure for sweep()."""
+    images, labels = train_x[:10_000], train_y[:10_000]
+
+    @torch.no_grad()
+    def measure(model):
+        model.eval()
+        correct = sum((model(batch).argmax(dim=1) == target).sum().item()
+                      for batch, target in zip(images.split(500), labels.split(500)))
+        model.train()
+        return correct / len(images)
+    return measure
+
+
 def run(study):
-    """Test accuracy after one epoch against the initial weight scale s, with and without BN."""
-    scales = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0]
-    make = lambda bn, scale: (study.model(scaled_init(bn, scale)), study.config())
-    results = {"scales": scales, **sweep(study, "init", "scale", scales, make)}
-    fig = draw_sweep(results, "scale", "s", "weight scale s: every weight ~ N(0, s^2)",
-                     "test accuracy after one epoch",
-                     "Initialisation scale (CS231n's experiment), MLP 784-128-64-10")
+    """Train and test accuracy after one epoch against the initial weight scale s."""
+    scales = ([1e-4, 1e-2, 1.0, 10.0] if study.quick
+              else [float(f"{10 ** (k / 2):.3g}") for k in range(-8, 3)])   # 1e-4 .. 10
+    measure = train_accuracy(*study.data[:2])
+    results = {"provenance": provenance(study.seeds), "scales": scales,
+               "rule": "every linear weight N(0, s^2), one epoch, constant lr 0.1, batch 100",
+               "networks": {}}
+    for name, widths in NETWORKS.items():
+        make = lambda bn, scale: (scaled_init(name, bn, scale), study.config())
+        results["networks"][name] = {"widths": list(widths), **default_scales(widths),
+                                     **sweep(study, f"init {name}", "scale", scales, make,
+                                             measure)}
+    fig, axes = plt.subplots(2, 2, figsize=(14, 8), sharex=True)
+    titles = {"mlp": "the report's MLP 784-128-64-10", "deep": "CS231n's 7 x 50 network"}
+    for column, (name, record) in enumerate(results["networks"].items()):
+        for row, (value, what) in enumerate((("measured", "train"), ("test_acc", "test"))):
+            ax = axes[row][column]
+            for default, shade in (("torch", "tab:gray"), ("kaiming", "tab:olive")):
+                ax.axvspan(*record[default], color=shade, alpha=0.15,
+                           label=f"{default}'s scales over the layers")
+            draw_sweep(ax, record, "scale", "weight scale s: every weight ~ N(0, s^2)",
+                       f"{what} accuracy after one epoch", f"{titles[name]}: {what}",
+                       value=value)
+    axes[0][1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("Initialisation scale (CS231n's experiment); band: range over seeds")
     study.save("init", results, fig, FIGURES[0])

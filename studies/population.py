@@ -1,5 +1,7 @@
 """Running estimates against population statistics: evaluation with the momentum averages of
-training against the BN paper's Algorithm 2 (`batchnorm.recalibrate`), on the MLP and the CNN."""
+training against the BN paper's Algorithm 2 (`batchnorm.recalibrate`): the MLP and the CNN
+after each of 5 epochs at batch 100, and the MLP after one epoch at batches of 2, 4 and 8,
+where the estimates lag most."""
 import copy
 
 import matplotlib.pyplot as plt
@@ -8,9 +10,10 @@ import batchnorm
 import cnn
 import mlp
 import solver
-from studies.common import accuracy, print_table
+from studies.common import accuracy, print_table, provenance, show_seeds
 
 FIGURES = ("population_statistics.png",)
+SMALL_BATCHES = [2, 4, 8]
 
 
 def estimate_gaps(running, population):
@@ -25,57 +28,96 @@ def estimate_gaps(running, population):
     return gaps
 
 
+def compare(model, train_x, test_x, test_y, batch_size):
+    """(running acc, population acc, gaps): the model as trained, and a recalibrated copy from
+    the whole training set in batches of the training batch size."""
+    population = copy.deepcopy(model)
+    batchnorm.recalibrate(population, train_x[: len(train_x) // batch_size * batch_size]
+                          .split(batch_size))
+    return (accuracy(model, test_x, test_y), solver.evaluate(population, test_x, test_y)[1],
+            estimate_gaps(batchnorm.batchnorm_layers(model),
+                          batchnorm.batchnorm_layers(population)))
+
+
 def run(study):
-    """The report's plain recipe (constant rate 0.1) for a few epochs: eval with the momentum
-    estimates against the recalibrated population statistics (BN paper, Algorithm 2)."""
     epochs = 1 if study.quick else 5
     train_x, _, test_x, test_y = study.data
-    results = {"epochs": epochs, "models": {}}
-    for name, script in (("mlp", mlp), ("cnn", cnn)):
-        record = {"epoch": [], "running_acc": [], "population_acc": [], "gaps": []}
+    results = {"provenance": provenance(study.seeds), "epochs": epochs, "models": {},
+               "small_batches": {"mlp": {"batch": SMALL_BATCHES, "running_acc": [],
+                                         "population_acc": [], "gaps": []}}}
+    for name, script in (("mlp", mlp), ("cnn", cnn)):   # batch 100, after each epoch
+        record = {"epoch": list(range(1, epochs + 1)), "running_acc": [], "population_acc": [],
+                  "gaps": []}
+        for seed in study.seeds:
+            per_seed = {"running_acc": [], "population_acc": [], "gaps": []}
+            model = study.model(lambda: script.build_model("bn"), seed)
 
-        model = study.model(lambda: script.build_model("bn"))
+            def on_epoch(epoch, lr):
+                for key, value in zip(per_seed, compare(model, train_x, test_x, test_y, 100)):
+                    per_seed[key].append(value)
 
-        def on_epoch(epoch, lr):
-            population = copy.deepcopy(model)
-            batches = train_x[: len(train_x) // 100 * 100].split(100)   # all of it, batches of 100
-            batchnorm.recalibrate(population, batches)
-            record["epoch"].append(epoch)
-            record["running_acc"].append(accuracy(model, test_x, test_y))
-            record["population_acc"].append(solver.evaluate(population, test_x, test_y)[1])
-            record["gaps"].append(estimate_gaps(batchnorm.batchnorm_layers(model),
-                                                batchnorm.batchnorm_layers(population)))
-
-        # the same recipe for both models
-        study.fit(model, study.config(max_epoch=epochs), on_epoch=on_epoch)
+            study.fit(model, study.config(max_epoch=epochs), on_epoch=on_epoch, seed=seed)
+            for key, values in per_seed.items():
+                record[key].append(values)
         results["models"][name] = record
-        study.progress("population", f"{name} with BN, {epochs} epochs, constant lr 0.1",
-                       f"running {record['running_acc'][-1]:.2%}, "
-                       f"population {record['population_acc'][-1]:.2%}")
+        study.progress("population", f"{name} with BN, {epochs} epochs, batch 100",
+                       f"running {show_seeds([r[-1] for r in record['running_acc']])}, "
+                       f"population {show_seeds([p[-1] for p in record['population_acc']])}")
+    small = results["small_batches"]["mlp"]
+    for size in SMALL_BATCHES:   # one epoch, the rate scaled with the batch as in `batch`
+        config = study.config(batch_size=size, learning_rate=0.1 * size / 100,
+                              disp_freq=max(1, 5000 // size))
+        cell = {"running_acc": [], "population_acc": [], "gaps": []}
+        for seed in study.seeds:
+            model = study.model(lambda: mlp.build_model("bn"), seed)
+            study.fit(model, config, seed=seed)
+            for key, value in zip(cell, compare(model, train_x, test_x, test_y, size)):
+                cell[key].append(value)
+        for key, values in cell.items():
+            small[key].append(values)
+        study.progress("population", f"mlp with BN, batch {size}, one epoch",
+                       f"running {show_seeds(cell['running_acc'])}, "
+                       f"population {show_seeds(cell['population_acc'])}")
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for (name, record), color in zip(results["models"].items(), ("tab:blue", "tab:purple")):
-        axes[0].plot(record["epoch"], record["running_acc"], "o-", color=color,
-                     label=f"{name}: running estimates")
-        axes[0].plot(record["epoch"], record["population_acc"], "s--", color=color,
-                     label=f"{name}: population")
-        for layer in range(len(record["gaps"][0])):
-            axes[1].plot(record["epoch"], [g[layer]["var"] for g in record["gaps"]], "o-",
-                         color=color, alpha=1 - 0.4 * layer,
-                         label=f"{name} BN {layer + 1}: variance, relative")
-            axes[1].plot(record["epoch"], [g[layer]["mean"] for g in record["gaps"]], "s--",
-                         color=color, alpha=1 - 0.4 * layer,
-                         label=f"{name} BN {layer + 1}: mean, in std units")
-    axes[0].set(xlabel="epoch", ylabel="test accuracy",
-                title="eval with momentum estimates vs population stats")
-    axes[1].set(xlabel="epoch", ylabel="mean |running - population|", yscale="log",
-                title="how far the two sets of estimates are apart")
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    styles = {"mlp": "tab:blue", "cnn": "tab:purple"}
+    for name, record in results["models"].items():
+        differences = [[p - r for p, r in zip(pops, runs)]
+                       for pops, runs in zip(record["population_acc"], record["running_acc"])]
+        for seed_diff in differences:
+            axes[0].plot(record["epoch"], seed_diff, "o-", color=styles[name], alpha=0.6,
+                         label=f"{name}, batch 100" if seed_diff is differences[0] else None)
+        for layer in range(len(record["gaps"][0][0])):
+            for quantity, axis in (("var", axes[1]), ("mean", axes[2])):
+                for s, gaps in enumerate(record["gaps"]):
+                    axis.plot(record["epoch"], [g[layer][quantity] for g in gaps], "o-",
+                              color=styles[name], alpha=1 - 0.4 * layer,
+                              label=f"{name} BN {layer + 1}" if s == 0 else None)
+    for i, size in enumerate(small["batch"]):
+        diffs = [p - r for p, r in zip(small["population_acc"][i], small["running_acc"][i])]
+        axes[0].scatter([0.4 + 0.2 * i] * len(diffs), diffs, marker="s", color="tab:red",
+                        label="mlp, one epoch at batch 2, 4, 8 (left to right)" if i == 0 else None)
+    axes[0].axhline(0, color="k", lw=0.6)
+    axes[0].set(xlabel="epoch (the squares: one epoch at a small batch)",
+                ylabel="population minus running (test accuracy)",
+                title="accuracy: population statistics - running estimates")
+    axes[1].set(xlabel="epoch", ylabel="mean |running / population - 1|", yscale="log",
+                title="variance estimates, relative gap (batch 100)")
+    axes[2].set(xlabel="epoch", ylabel="mean |running - population| / std", yscale="log",
+                title="mean estimates, gap in std units (batch 100)")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    print_table(["model", "epoch", "test acc, running", "test acc, population",
-                 "gap (mean / var), layer 1"],
-                [(name, e, f"{r['running_acc'][i]:.4f}", f"{r['population_acc'][i]:.4f}",
-                  f"{r['gaps'][i][0]['mean']:.3f} / {r['gaps'][i][0]['var']:.3f}")
-                 for name, r in results["models"].items() for i, e in enumerate(r["epoch"])])
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Momentum estimates against population statistics (each line or square: a seed)")
+    largest = lambda pops, runs: f"{max(abs(p - r) for p, r in zip(pops, runs)):.2%}"
+    rows = [(name, f"epoch {e}", show_seeds([r[i] for r in rec["running_acc"]]),
+             show_seeds([p[i] for p in rec["population_acc"]]),
+             largest([p[i] for p in rec["population_acc"]], [r[i] for r in rec["running_acc"]]))
+            for name, rec in results["models"].items() for i, e in enumerate(rec["epoch"])]
+    rows += [("mlp", f"batch {size}", show_seeds(small["running_acc"][i]),
+              show_seeds(small["population_acc"][i]),
+              largest(small["population_acc"][i], small["running_acc"][i]))
+             for i, size in enumerate(small["batch"])]
+    print_table(["model", "when", "test acc, running", "test acc, population",
+                 "largest |difference| over seeds"], rows)
     study.save("population", results, fig, FIGURES[0])

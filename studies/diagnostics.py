@@ -1,0 +1,360 @@
+"""Looking inside: what does each layer's activation, gradient and weight update look like at
+initialisation and after 1,000 steps, without and with BN, for a good and a bad initial scale
+and for a sigmoid network? (After Karpathy's "Building makemore, part 3".)
+
+`layer_diagnostics(model, images, labels)` measures one network on one batch of images; the
+study runs it on six networks at step 0 and at step 1,000 and records every step's
+update-to-data ratio per weight matrix.
+"""
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mlp
+from studies.common import (color, label, mean_and_range, mlp_with, norm_of, print_table,
+                            provenance, show_seeds)
+from studies.figure1 import figure1_network
+
+FIGURES = ("layer_health.png", "update_ratio.png")
+
+WEIGHTED = (nn.Linear, nn.Conv2d)               # a layer's weight matrix
+NONLINEARITIES = (nn.ReLU, nn.Sigmoid, nn.Tanh)
+SATURATED = 0.03   # a sigmoid output below 0.03 or above 0.97 (a tanh's |output| above 0.97)
+KARPATHY_GUIDE = -3.0   # log10 of a "healthy" update-to-data ratio, for plain SGD (not momentum)
+
+
+def hidden_layers(model):
+    """[(weight module, nonlinearity)] in forward order: each nonlinearity with the last Linear
+    or Conv2d registered before it (whatever lies between, BN for one, is part of the layer).
+    Registration order is forward order in an nn.Sequential; a custom forward may differ."""
+    layers, last = [], None
+    for module in model.modules():
+        if isinstance(module, WEIGHTED):
+            last = module
+        elif isinstance(module, NONLINEARITIES) and last is not None:
+            layers.append((last, module))
+            last = None
+    return layers
+
+
+def histogram(values, bins):
+    """{"mean", "std", "counts", "edges"} of a tensor's finite values (a diverged network's nan
+    would make the bins undefined)."""
+    values = values.detach().flatten().float().cpu()
+    finite = values[torch.isfinite(values)]
+    if finite.numel() == 0:
+        return {"mean": float("nan"), "std": float("nan"), "counts": [], "edges": []}
+    counts, edges = torch.histogram(finite, bins=bins)
+    return {"mean": values.mean().item(), "std": values.std().item(),
+            "counts": counts.tolist(), "edges": edges.tolist()}
+
+
+def describe(weight, nonlinearity, output, output_grad, weight_grad, bins):
+    """The numbers of one hidden layer (see layer_diagnostics)."""
+    units = output.detach().flatten(1)   # (images, units): a unit is a feature, or a channel
+    kind = type(nonlinearity).__name__   # at one position of a conv layer's output
+    dead = saturated = None
+    if isinstance(nonlinearity, nn.ReLU):   # zero for every image: it gets no gradient at all
+        dead = (units <= 0).all(dim=0).float().mean().item()
+    elif isinstance(nonlinearity, nn.Sigmoid):
+        saturated = ((units < SATURATED) | (units > 1 - SATURATED)).float().mean().item()
+    else:
+        saturated = (units.abs() > 1 - SATURATED).float().mean().item()
+    weight_std, grad_std = weight.weight.detach().std(), weight_grad.std()
+    return {"layer": f"{type(weight).__name__}{tuple(weight.weight.shape)} -> {kind}",
+            "units": units.shape[1], "activation": histogram(output, bins), "dead": dead,
+            "saturated": saturated, "grad": histogram(output_grad, bins),
+            "weight_std": weight_std.item(), "weight_grad_std": grad_std.item(),
+            "grad_to_weight": (grad_std / weight_std).item()}   # inf or nan if W is constant
+
+
+def layer_diagnostics(model, images, labels, bins=50):
+    """Per hidden layer (a Linear or Conv2d and the nn.ReLU, nn.Sigmoid or nn.Tanh after it, BN
+    or anything else in between), from one forward and backward pass in training mode on
+    `images` with cross-entropy loss:
+
+      activation: histogram (counts, edges; `bins` bins), mean and std of the nonlinearity's
+                  output;
+      dead:       ReLU only: the share of units that are zero for every image (for a conv
+                  layer a unit is one channel at one position); None otherwise;
+      saturated:  Sigmoid (output < 0.03 or > 0.97) or Tanh (|output| > 0.97) only: the share
+                  of all output values; None otherwise;
+      grad:       histogram, mean and std of dL/d(the nonlinearity's output);
+      grad_to_weight: std(dL/dW) / std(W) of the layer's weight matrix W.
+
+    Returns {"loss": the probe's loss, "layers": [one dict per hidden layer, in order]}. The
+    model is left exactly as it was: the gradients come from torch.autograd.grad, which leaves
+    every .grad alone; BN running estimates (every buffer) and each module's mode are restored.
+    """
+    layers = hidden_layers(model)
+    if not layers:
+        raise ValueError("layer_diagnostics: no ReLU, Sigmoid or Tanh after a Linear or Conv2d")
+    outputs = {}
+
+    def keep(index):
+        def hook(module, inputs, output):
+            if index in outputs:   # one module called twice: its two outputs would be confused
+                raise ValueError(f"layer_diagnostics: {module} is called more than once; give "
+                                 "each layer a nonlinearity module of its own")
+            outputs[index] = output
+        return hook
+
+    modes = [(module, module.training) for module in model.modules()]
+    buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]   # BN running estimates
+    handles = [nonlinearity.register_forward_hook(keep(i))
+               for i, (_, nonlinearity) in enumerate(layers)]
+    try:
+        model.train()   # BN with the batch's statistics, as in a training step
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(images), labels)
+            acts = [outputs[i] for i in range(len(layers))]
+            grads = torch.autograd.grad(loss, acts + [weight.weight for weight, _ in layers])
+    finally:
+        for handle in handles:
+            handle.remove()
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        for module, training in modes:
+            module.training = training
+    act_grads, weight_grads = grads[:len(layers)], grads[len(layers):]
+    return {"loss": loss.item(),
+            "layers": [describe(weight, nonlinearity, act, act_grad, weight_grad, bins)
+                       for (weight, nonlinearity), act, act_grad, weight_grad
+                       in zip(layers, acts, act_grads, weight_grads)]}
+
+
+# ----------------------------------------------------------------------------- the study
+
+def mlp_normal(bn, std=1.0):
+    """mlp.py's network with every weight drawn from N(0, std^2) (std 1: a bad scale; the
+    `init` study sweeps it)."""
+    def build():
+        model = mlp.build_model(norm_of(bn))
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, std)
+        return model
+    return build
+
+
+NETWORKS = {   # name -> (title, build(bn) -> a function that builds the network)
+    "mlp": ("MLP 784-128-64-10, default init", mlp_with),
+    "mlp_n01": ("MLP, every weight N(0, 1)", mlp_normal),
+    "sigmoid": ("figure1's sigmoid net 784-3x100-10", lambda bn: lambda: figure1_network(bn)),
+}
+ARMS = (("no_bn", False), ("bn", True))
+
+
+def whole_epochs(steps, batch, n_images):
+    """(epochs, images): `steps` steps of `batch` as whole epochs over the first `images`
+    training images, so that solver.train stops at exactly `steps` (1,000 steps of 100 are
+    2 epochs over 50,000 of MNIST's 60,000)."""
+    epochs = -(-steps * batch // n_images)
+    while steps % epochs:
+        epochs += 1
+    return epochs, steps // epochs * batch
+
+
+def one_run(study, build, seed, config, data, probe):
+    """Train one network; its diagnostics at step 0 and at the end, every step's update ratio."""
+    model = study.model(build, seed)
+    start = layer_diagnostics(model, *probe)
+    weights = [m.weight for m in model.modules() if isinstance(m, WEIGHTED)]
+    before = [w.detach().clone() for w in weights]
+    ratios = []   # one tensor per step, kept as tensors: no .item() in the loop
+
+    def on_window(iteration, model):   # disp_freq 1: after every step, momentum included
+        with torch.no_grad():
+            ratios.append(torch.stack([(w - b).std() / b.std() for w, b in zip(weights, before)]))
+            for w, b in zip(weights, before):
+                b.copy_(w)
+
+    history, outcome, acc = study.train(model, config, seed, on_window=on_window, data=data)
+    end = layer_diagnostics(model, *probe) if outcome != "diverged" else None
+    log_ratio = torch.stack(ratios).log10().T.tolist() if ratios else [[] for _ in weights]
+    return {"outcome": outcome, "test_acc": acc, "steps_done": len(ratios), "start": start,
+            "end": end, "log10_update_ratio": log_ratio,
+            "weights": [f"{type(m).__name__}{tuple(m.weight.shape)}" for m in model.modules()
+                        if isinstance(m, WEIGHTED)]}
+
+
+def run(study):
+    """Six networks, 1,000 steps each (quick: 20), the report's SGD at a constant 0.1."""
+    steps, probe_size = (20, 100) if study.quick else (1000, 1000)
+    train_x, train_y, test_x, test_y = study.data
+    config = study.config(disp_freq=1)   # on_window after every step
+    epochs, images = whole_epochs(steps, config["batch_size"], len(train_x))
+    config["max_epoch"] = epochs
+    data = (train_x[:images], train_y[:images], test_x, test_y)
+    probe = (train_x[:probe_size], train_y[:probe_size])   # fixed, and inside the training slice
+    results = {"provenance": provenance(study.seeds),
+               "rule": f"SGD lr {config['learning_rate']} constant, momentum "
+                       f"{config['momentum']}, weight decay {config['weight_decay']}, batch "
+                       f"{config['batch_size']}: {epochs} epochs over the first {images:,} "
+                       f"training images = {steps:,} steps; diagnostics on the first "
+                       f"{probe_size:,} training images, in training mode",
+               "steps": steps, "epochs": epochs, "train_images": images,
+               "probe_images": probe_size, "networks": {}}
+    for name, (title, build) in NETWORKS.items():
+        record = results["networks"][name] = {"title": title}
+        for arm, bn in ARMS:
+            runs = [one_run(study, build(bn), seed, config, data, probe) for seed in study.seeds]
+            record[arm] = {key: [r[key] for r in runs] for key in runs[0] if key != "weights"}
+            record[arm]["weights"] = runs[0]["weights"]
+            study.progress("diagnostics", f"{title}, {label(bn)}",
+                           ", ".join(f"{r['outcome']} {r['test_acc'] or 0:.2%}" for r in runs))
+    print_tables(results)
+    study.save("diagnostics", results, draw_layer_health(results), FIGURES[0])
+    study.save_figure(draw_update_ratio(results), FIGURES[1])
+
+
+def layer_means(diagnostics, key):
+    """Per layer, the mean over seeds (with range) of a layer's number, as a table cell."""
+    done = [d for d in diagnostics if d is not None]
+    if not done:
+        return "-"
+    cells = []
+    for i in range(len(done[0]["layers"])):
+        values = [d["layers"][i][key] for d in done]
+        if values[0] is None:
+            return "-"
+        mean, low, high = mean_and_range(values) or (float("nan"),) * 3
+        cells.append(f"{mean:.3g}" + (f" ({low:.3g}-{high:.3g})" if len(values) > 1 else ""))
+    return " / ".join(cells)
+
+
+def share(diagnostics):
+    """The dead (ReLU) or saturated (sigmoid) share per layer, mean (range) over seeds."""
+    done = [d for d in diagnostics if d is not None]
+    if not done:
+        return "-"
+    key = "dead" if done[0]["layers"][0]["dead"] is not None else "saturated"
+    return f"{key} " + layer_means(diagnostics, key)
+
+
+def last_ratios(log_ratios, last=100):
+    """Per weight matrix, the mean log10 update ratio over the last `last` steps, mean over
+    seeds (a diverged run counts up to its last finite step)."""
+    cells = []
+    for i in range(len(log_ratios[0])):
+        per_seed = [sum(r[i][-last:]) / len(r[i][-last:]) for r in log_ratios if r[i]]
+        cells.append(f"{sum(per_seed) / len(per_seed):+.2f}" if per_seed else "-")
+    return " / ".join(cells)
+
+
+def print_tables(results):
+    rows_share, rows_std, rows_ratio = [], [], []
+    for record in results["networks"].values():
+        for arm, bn in ARMS:
+            r, name = record[arm], f"{record['title']}, {label(bn)}"
+            rows_share.append((name, show_seeds(r["test_acc"]), ", ".join(r["outcome"]),
+                               share(r["start"]), share(r["end"])))
+            rows_std.append((name, layer_means(r["start"], "grad_to_weight"),
+                             layer_means(r["end"], "grad_to_weight"),
+                             layer_means(r["start"], "weight_grad_std")))
+            rows_ratio.append((name, " / ".join(r["weights"]),
+                               last_ratios(r["log10_update_ratio"])))
+    steps = f"step {results['steps']:,}"
+    print_table(["network", "test acc", "outcome per seed", "per layer at step 0",
+                 f"per layer at {steps}"], rows_share)
+    print_table(["network", "std(dL/dW)/std(W), step 0", f"std(dL/dW)/std(W), {steps}",
+                 "std(dL/dW), step 0"], rows_std)
+    print_table(["network", "weight matrices", "log10 update ratio, last 100 steps"],
+                rows_ratio)
+
+
+def draw_layer_health(results):
+    """The bad scale N(0, 1): activations and gradients per hidden layer, step 0 against the
+    last step, without BN (top) and with BN (bottom), for the first seed that did not diverge
+    (a diverged run has no last step to show)."""
+    record, steps = results["networks"]["mlp_n01"], results["steps"]
+    seeds = results["provenance"]["seeds"]
+    n = len(record["no_bn"]["start"][0]["layers"])
+    fig, axes = plt.subplots(2, 2 * n, figsize=(4.2 * 2 * n, 7.8))
+    floors, notes = {}, []   # per panel, its lowest non-zero density; the diverged seeds
+    for row, (arm, bn) in enumerate(ARMS):
+        r = record[arm]
+        shown = next((k for k, end in enumerate(r["end"]) if end is not None), 0)
+        notes += [f"{label(bn)}, seed {seeds[k]} diverged at step {done + 1}"
+                  for k, (done, end) in enumerate(zip(r["steps_done"], r["end"])) if end is None]
+        for when, diagnostics, style in ((0, r["start"][shown], ":"),
+                                         (steps, r["end"][shown], "-")):
+            if diagnostics is None:   # every seed diverged
+                for ax in axes[row]:
+                    ax.text(0.5, 0.5, f"diverged at step {r['steps_done'][shown] + 1}",
+                            transform=ax.transAxes, ha="center", color=color(bn))
+                continue
+            for i, layer in enumerate(diagnostics["layers"]):
+                for ax, key, what in ((axes[row, i], "activation", "{}"),
+                                      (axes[row, n + i], "grad", "dL/d({})")):
+                    h = layer[key]
+                    extra = f", dead {layer['dead']:.0%}" if key == "activation" else ""
+                    ax.set(yscale="log", xlabel=what.format(f"layer {i + 1} ReLU output"),
+                           title=f"{label(bn)}, seed {seeds[shown]}: layer {i + 1} "
+                                 + ("activations" if key == "activation" else "gradients"))
+                    if not h["counts"]:
+                        continue
+                    if h["std"] == 0:   # every value the same (a dead layer): no spread to draw
+                        ax.axvline(h["mean"], color=color(bn), linestyle=style, lw=1.6,
+                                   label=f"step {when:,}: every value {h['mean']:.3g}{extra}")
+                        continue
+                    widths = torch.tensor(h["edges"]).diff()
+                    density = torch.tensor(h["counts"]) / (sum(h["counts"]) * widths)
+                    # empty bins drop to just below the axis: a log axis has no zero
+                    lowest = density[density > 0].min().item()
+                    floors[ax] = min(floors.get(ax, lowest), lowest)
+                    ax.stairs(density.clamp(min=lowest / 10).tolist(), h["edges"],
+                              color=color(bn), linestyle=style, lw=1.6, baseline=None,
+                              label=f"step {when:,}: std {h['std']:.3g}{extra}")
+    for ax in axes.flat:
+        ax.set_ylabel("density (log scale)")
+        ax.grid(alpha=0.3)
+        if ax in floors:   # room above the curves for the legend: a log axis, so a factor
+            low, high = floors[ax] / 2, ax.get_ylim()[1]
+            ax.set_ylim(low, high * (high / low) ** 0.35)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"{record['title']}: each hidden layer's ReLU output and its gradient on "
+                 f"{results['probe_images']:,} training images, step 0 (dotted) and step "
+                 f"{steps:,} (solid)" + (f"\n({'; '.join(notes)})" if notes else ""))
+    return fig
+
+
+def draw_update_ratio(results):
+    """log10(std(update) / std(W)) per weight matrix after every step: rows without / with BN,
+    one column per network; the mean over the seeds that ran every step, layers by line style;
+    a diverged seed as a thin line of its own, up to its last step (x)."""
+    names, steps = list(results["networks"]), results["steps"]
+    fig, axes = plt.subplots(2, len(names), figsize=(5.2 * len(names), 7.8), sharey=True,
+                             squeeze=False)
+    styles, CLIP = ("-", "--", "-.", ":"), 2.0
+    for col, name in enumerate(names):
+        record = results["networks"][name]
+        for row, (arm, bn) in enumerate(ARMS):
+            ax, r = axes[row, col], record[arm]
+            for i, weight in enumerate(r["weights"]):
+                per_seed = [ratios[i] for ratios in r["log10_update_ratio"]]
+                complete = [s for s in per_seed if len(s) == steps]
+                style = dict(color=color(bn), alpha=1 - 0.15 * i)
+                if complete:
+                    mean = torch.tensor(complete).mean(dim=0)
+                    ax.plot(range(1, steps + 1), mean.tolist(), styles[i % len(styles)],
+                            lw=1.0, label=f"layer {i + 1}: {weight}", **style)
+                for s in (s for s in per_seed if 0 < len(s) < steps):
+                    s = [min(v, CLIP) for v in s]   # its last steps reach 1e8: off the scale
+                    ax.plot(range(1, len(s) + 1), s, styles[i % len(styles)], lw=0.6, **style)
+                    ax.plot(len(s), s[-1], "x", ms=7, **style)
+            if any(o == "diverged" for o in r["outcome"]):
+                ax.plot([], [], "x-", lw=0.6, color=color(bn),
+                        label=f"a diverged seed, to its last step (cut at {CLIP:+g})")
+            ax.axhline(KARPATHY_GUIDE, color="gray", ls="--", lw=1,
+                       label="-3: Karpathy's guide (plain SGD)")
+            ax.set(title=f"{record['title']}\n{label(bn)} ({', '.join(r['outcome'])})",
+                   xlabel="step", ylabel="log10 std(update) / std(W)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Update-to-data ratio per weight matrix after every step, SGD with momentum "
+                 f"0.9 at lr 0.1 (mean over the seeds that ran all {steps:,} steps)")
+    return fig

@@ -1,0 +1,159 @@
+"""Internal covariate shift, measured as Santurkar et al. (2018) define it (Definition 2.1,
+Fig. 3): how much does a layer's gradient change when the layers before it take their update?
+If BN reduced internal covariate shift, the change should be smaller with BN. Is it, on the
+report's MLP and CNN?"""
+import copy
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+from studies.common import color, label, norm_of, print_table, provenance, show_seeds
+from studies.why_bn import (NETWORKS, StepBatches, before_steps, draw_band, finite, layer_name,
+                            schedule, weighted_layers)
+
+FIGURES = ("internal_covariate_shift.png",)
+
+
+def covariate_shift(model, optimizer, images, labels):
+    """S18's Definition 2.1 at one step, for every layer i with weights, in order.
+
+    G: the loss gradient w.r.t. layer i's weights on the batch (images, labels), as training
+    computed it (in .grad, the model at the step's weights). G': the same gradient on the same
+    batch after every parameter before layer i (BN's gamma and beta included) has taken this
+    step's real update, layer i and those after it unchanged. The update is the optimizer's
+    own: a deep copy of model and optimizer (momentum buffers, weight decay, rate) takes the
+    step. Returns [{"distance": ||G - G'||_2, "cos": cos(G, G'), "grad_norm": ||G||}] per
+    layer. Everything is done on copies, in training mode as training is: model, optimizer,
+    .grad and BN running estimates are left as they were, and no random number is drawn.
+    """
+    params = list(model.parameters())
+    ahead, ahead_optimizer = copy.deepcopy((model, optimizer))   # one memo: the same params
+    for p_ahead, p in zip(ahead.parameters(), params):
+        p_ahead.grad = p.grad.clone()   # a deep copy of a Parameter leaves .grad behind
+    ahead_optimizer.step()
+    ahead_params = list(ahead.parameters())
+    rows = []
+    for layer in weighted_layers(model):
+        k = next(i for i, p in enumerate(params) if p is layer.weight)   # the parameters
+        shifted = copy.deepcopy(model)   # before layer i's weight are those of earlier layers
+        shifted_params = list(shifted.parameters())
+        with torch.no_grad():
+            for p_shifted, p_ahead in zip(shifted_params[:k], ahead_params[:k]):
+                p_shifted.copy_(p_ahead)
+        loss = F.cross_entropy(shifted(images), labels)
+        # every parameter's gradient, as training's backward computes it, so that for the first
+        # layer (nothing before it) G' is G to the last bit
+        g_shifted = torch.autograd.grad(loss, shifted_params)[k].double()
+        g = layer.weight.grad.double()   # float32 sums of 100,000 products miss cos = 1 by 1e-5
+        distance = (g - g_shifted).norm()
+        cos = (g * g_shifted).sum() / (g.norm() * g_shifted.norm())
+        rows.append({"distance": finite(distance), "cos": finite(cos),
+                     "grad_norm": finite(g.norm())})
+    return rows
+
+
+def train_measured(study, network, bn, seed, config, measure=True):
+    """One seeded run of NETWORKS[network] with (bn) or without BN; with measure, the
+    covariate shift of every weighted layer before steps 1, every, 2 * every, ... Returns
+    (history, outcome, test acc, record); the measurement changes nothing in the run."""
+    model = study.model(lambda: NETWORKS[network](norm_of(bn)), seed)
+    layers = weighted_layers(model)
+    record = {"step": [], "distance": [[] for _ in layers], "cos": [[] for _ in layers],
+              "grad_norm": [[] for _ in layers]}
+
+    def on_step(step, optimizer, images, labels):
+        record["step"].append(step)
+        for i, row in enumerate(covariate_shift(model, optimizer, images, labels)):
+            for key, value in row.items():
+                record[key][i].append(value)
+
+    if not measure:
+        return (*study.train(model, config, seed), record)
+    batches = StepBatches(study.data, config["batch_size"], seed)
+    with before_steps(model, batches, config["disp_freq"], on_step):
+        history, outcome, acc = study.train(model, config, seed)
+    return history, outcome, acc, record
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
+def run(study):
+    """The MLP and the CNN, with and without BN, the report's SGD at 0.1, over study.seeds."""
+    config = study.config(**schedule(study))
+    results = {"provenance": provenance(study.seeds), "epochs": config["max_epoch"],
+               "batch_size": config["batch_size"], "measure_every": config["disp_freq"],
+               "learning_rate": config["learning_rate"],
+               "definition": "G: loss gradient w.r.t. layer i's weights on the step's batch; "
+                             "G': the same after the step's update of every earlier layer"}
+    for network, build in NETWORKS.items():
+        names = [layer_name(layer) for layer in weighted_layers(build("none"))]
+        results[network] = {"layers": names}
+        for bn in (False, True):
+            arm = {"test_acc": [], "outcome": [], "step": [],
+                   "distance": [[] for _ in names], "cos": [[] for _ in names],
+                   "grad_norm": [[] for _ in names]}
+            for seed in study.seeds:
+                _, outcome, acc, record = train_measured(study, network, bn, seed, config)
+                arm["test_acc"].append(acc)
+                arm["outcome"].append(outcome)
+                arm["step"].append(record["step"])
+                for key in ("distance", "cos", "grad_norm"):
+                    for i, values in enumerate(record[key]):
+                        arm[key][i].append(values)
+            results[network]["bn" if bn else "no_bn"] = arm
+            study.progress("ics", f"{network}, {label(bn)}",
+                           f"{show_seeds(arm['test_acc'])} {arm['outcome']}")
+
+    rows = []
+    for network in NETWORKS:
+        for key in ("no_bn", "bn"):
+            arm = results[network][key]
+            for i, name in enumerate(results[network]["layers"][1:], start=1):
+                per_seed = lambda measure: [median(v) for v in arm[measure][i]]
+                relative = [median([d / g for d, g in zip(ds, gs) if d is not None and g])
+                            for ds, gs in zip(arm["distance"][i], arm["grad_norm"][i])]
+                rows.append((network, key, name, spread(per_seed("distance")),
+                             spread(relative), spread(per_seed("cos"))))
+    print_table(["network", "arm", "layer", "median ||G - G'||", "median ||G - G'|| / ||G||",
+                 "median cos(G, G')"], rows)
+    study.save("ics", results, draw(results), FIGURES[0])
+
+
+def spread(values):
+    """"mean (min-max)" over seeds of per-seed numbers."""
+    finite_values = [v for v in values if v is not None]
+    if not finite_values:
+        return "-"
+    mean = sum(finite_values) / len(finite_values)
+    return f"{mean:.3g} ({min(finite_values):.3g}-{max(finite_values):.3g})"
+
+
+def draw(results):
+    """Per network: ||G - G'|| and cos(G, G') over training for the layers after the first
+    (the first has nothing before it: G' = G), with BN and without."""
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    styles = ["-", "--", ":", "-."]
+    for row, network in zip(axes, NETWORKS):
+        names = results[network]["layers"]
+        for bn in (False, True):
+            arm = results[network]["bn" if bn else "no_bn"]
+            for i in range(1, len(names)):
+                name = f"{label(bn)}, layer {i + 1} ({names[i]})"
+                draw_band(row[0], arm["step"], arm["distance"][i], color(bn), name,
+                          styles[(i - 1) % len(styles)])
+                draw_band(row[1], arm["step"], arm["cos"][i], color(bn), name,
+                          styles[(i - 1) % len(styles)])
+        row[0].set(xlabel="training step", ylabel="||G - G'||  (log scale)", yscale="log",
+                   title=f"{network.upper()}: gradient change from the earlier layers' update")
+        row[1].set(xlabel="training step", ylabel="cos(G, G')",
+                   title=f"{network.upper()}: cosine of G and G' (1: no change of direction)")
+        for ax in row:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Internal covariate shift as Santurkar et al. (2018) measure it (Definition "
+                 "2.1): mean and range over seeds")
+    return fig

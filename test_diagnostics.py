@@ -1,0 +1,165 @@
+"""studies/diagnostics.py: layer_diagnostics against answers known by construction or computed
+by hand, the model left as it was, and the study's quick run on the tiny IDX data."""
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import batchnorm
+import cnn
+import experiments
+import mlp
+from studies import diagnostics
+
+
+def images_and_labels(n=32, shape=(1, 28, 28), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=gen), torch.randint(0, 10, (n,), generator=gen)
+
+
+def test_a_relu_layer_with_only_negative_inputs_is_all_dead():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 10))
+    images, labels = torch.rand(16, 4) + 0.1, torch.arange(16) % 10   # every input positive
+    with torch.no_grad():
+        model[0].weight.uniform_(-2.0, -1.0)   # so every ReLU input is negative
+    assert experiments.layer_diagnostics(model, images, labels)["layers"][0]["dead"] == 1.0
+    with torch.no_grad():
+        model[0].weight.neg_()   # and now every one positive
+    layer = experiments.layer_diagnostics(model, images, labels)["layers"][0]
+    assert layer["dead"] == 0.0 and layer["saturated"] is None
+
+
+def test_a_sigmoid_layer_driven_to_large_inputs_is_all_saturated():
+    model = nn.Sequential(nn.Linear(2, 5, bias=False), nn.Sigmoid(), nn.Linear(5, 10))
+    images = torch.tensor([[1.0, 0.0], [-1.0, 0.0]]).repeat(8, 1)
+    with torch.no_grad():
+        model[0].weight.uniform_(50.0, 60.0)   # inputs of +-50 or more: 0 or 1 to 1e-21
+    layer = experiments.layer_diagnostics(model, images, torch.arange(16) % 10)["layers"][0]
+    assert layer["saturated"] == 1.0 and layer["dead"] is None
+    with torch.no_grad():
+        model[0].weight.mul_(1e-4)   # inputs of +-0.006 at most: outputs near 0.5
+    layer = experiments.layer_diagnostics(model, images, torch.arange(16) % 10)["layers"][0]
+    assert layer["saturated"] == 0.0
+
+
+def test_numbers_match_a_hand_computation_with_bn():
+    torch.manual_seed(0)
+    model = mlp.build_model("bn")
+    images, labels = images_and_labels()
+    report = experiments.layer_diagnostics(model, images, labels)
+    assert [layer["layer"] for layer in report["layers"]] == [
+        "Linear(128, 784) -> ReLU", "Linear(64, 128) -> ReLU"]
+    # By hand, on a copy in training mode: Flatten, Linear, BN, ReLU | Linear, BN, ReLU | Linear
+    by_hand = copy.deepcopy(model).train()
+    first = by_hand[:4](images)
+    second = by_hand[4:7](first)
+    loss = F.cross_entropy(by_hand[7](second), labels)
+    weights = (by_hand[1].weight, by_hand[4].weight)
+    *act_grads, grad_w1, grad_w2 = torch.autograd.grad(loss, [first, second, *weights])
+    assert report["loss"] == pytest.approx(loss.item(), rel=1e-6)
+    for layer, act, act_grad, weight, grad in zip(report["layers"], (first, second), act_grads,
+                                                   weights, (grad_w1, grad_w2)):
+        assert layer["grad_to_weight"] == pytest.approx((grad.std() / weight.std()).item(),
+                                                        rel=1e-5)
+        assert layer["activation"]["std"] == pytest.approx(act.std().item(), rel=1e-5)
+        assert layer["grad"]["std"] == pytest.approx(act_grad.std().item(), rel=1e-5)
+        assert sum(layer["activation"]["counts"]) == act.numel() == len(images) * layer["units"]
+        assert len(layer["activation"]["edges"]) == len(layer["activation"]["counts"]) + 1 == 51
+        dead = (act <= 0).all(dim=0).float().mean().item()
+        assert layer["dead"] == dead == 0.0   # BN centres every unit: none is dead at the start
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("with_grads", [False, True])
+def test_the_model_is_left_exactly_as_it_was(mode, with_grads):
+    torch.manual_seed(0)
+    model = mlp.build_model("bn")
+    images, labels = images_and_labels()
+    if with_grads:   # a model in the middle of a step: its .grad must survive
+        F.cross_entropy(model(images[:8]), labels[:8]).backward()
+    getattr(model, mode)()
+    model[2].training = not model[2].training   # one module's own mode differs from the rest
+    before = copy.deepcopy(model)   # deepcopy leaves .grad behind: kept on their own
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    experiments.layer_diagnostics(model, images, labels)
+    for (name, p), q, grad in zip(model.named_parameters(), before.parameters(), grads):
+        assert torch.equal(p, q), name
+        assert (p.grad is None) == (grad is None) == (not with_grads), name
+        assert grad is None or torch.equal(p.grad, grad), name
+    for layer, old in zip(batchnorm.batchnorm_layers(model), batchnorm.batchnorm_layers(before)):
+        assert torch.equal(layer.running_mean, old.running_mean)
+        assert torch.equal(layer.running_var, old.running_var)
+    assert [m.training for m in model.modules()] == [m.training for m in before.modules()]
+    assert all(not m._forward_hooks for m in model.modules())   # the hooks are removed
+
+
+def test_conv_units_are_channels_at_a_position_and_the_sigmoid_net_has_three_layers():
+    torch.manual_seed(0)
+    images, labels = images_and_labels(8)
+    layers = experiments.layer_diagnostics(cnn.build_model("bn"), images, labels)["layers"]
+    assert [layer["units"] for layer in layers] == [4 * 28 * 28, 4 * 14 * 14]
+    sigmoid = experiments.layer_diagnostics(experiments.figure1_network(False), images, labels)
+    assert len(sigmoid["layers"]) == 3 and all(l["dead"] is None for l in sigmoid["layers"])
+    with pytest.raises(ValueError, match="no ReLU"):
+        experiments.layer_diagnostics(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)),
+                                      images, labels)
+
+
+def test_whole_epochs_give_exactly_the_steps():
+    assert diagnostics.whole_epochs(1000, 100, 60_000) == (2, 50_000)
+    for steps, n_images in ((20, 1200), (20, 300), (7, 1000)):
+        epochs, images = diagnostics.whole_epochs(steps, 100, n_images)
+        assert epochs * images // 100 == steps and images <= n_images
+
+
+@pytest.fixture(scope="module")
+def quick(tiny_mnist, tmp_path_factory):
+    root = tmp_path_factory.mktemp("diagnostics")
+    experiments.main(["diagnostics", "--quick", "--data-dir", str(tiny_mnist), "--device", "cpu",
+                      "--out", str(root / "json"), "--figures", str(root / "figures")])
+    return json.loads((root / "json" / "diagnostics.json").read_text()), root / "figures"
+
+
+def test_the_quick_study_records_six_networks_step_by_step(quick):
+    results, figures = quick
+    for name in experiments.FIGURES["diagnostics"]:
+        assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(results["provenance"]) >= {"seeds", "torch", "threads", "cpu", "command"}
+    seeds, steps = results["provenance"]["seeds"], results["steps"]
+    assert results["epochs"] * results["train_images"] // 100 == steps
+    networks = results["networks"]
+    assert set(networks) == {"mlp", "mlp_n01", "sigmoid"}
+    for name, record in networks.items():
+        n_hidden = 3 if name == "sigmoid" else 2
+        for arm in ("no_bn", "bn"):
+            r = record[arm]
+            assert len(r["outcome"]) == len(r["test_acc"]) == len(r["start"]) == len(seeds)
+            assert all(o in ("ok", "failed", "diverged") for o in r["outcome"])
+            for outcome, done, ratios, start, end in zip(r["outcome"], r["steps_done"],
+                                                        r["log10_update_ratio"], r["start"],
+                                                        r["end"]):
+                assert len(ratios) == n_hidden + 1 == len(r["weights"])   # and the output layer
+                if outcome != "diverged":
+                    assert done == steps and end is not None
+                    assert all(len(layer) == steps for layer in ratios)
+                    assert all(math.isfinite(v) for layer in ratios for v in layer)
+                for diag in (start, end):
+                    assert len(diag["layers"]) == n_hidden
+                    assert all(sum(l["activation"]["counts"]) == results["probe_images"]
+                               * l["units"] for l in diag["layers"])
+                    assert all(math.isfinite(l["grad_to_weight"]) for l in diag["layers"])
+            if arm == "bn" and name != "sigmoid":   # BN centres every unit at the start
+                assert all(l["dead"] == 0.0 for d in r["start"] for l in d["layers"])
+    # the same initial weights N(0, 1) with and without BN: without BN they are 100 times larger
+    # than the default's, and the activations follow; BN divides the scale out
+    bad, good = networks["mlp_n01"], networks["mlp"]
+    assert bad["no_bn"]["start"][0]["layers"][0]["weight_std"] == pytest.approx(1.0, rel=0.02)
+    assert (bad["no_bn"]["start"][0]["layers"][1]["activation"]["std"]
+            > 10 * bad["bn"]["start"][0]["layers"][1]["activation"]["std"])
+    assert (bad["bn"]["start"][0]["layers"][1]["activation"]["std"]
+            == pytest.approx(good["bn"]["start"][0]["layers"][1]["activation"]["std"], rel=0.1))

@@ -1,0 +1,306 @@
+"""The three studies of "why BN helps, the 2018 answer" (studies/noisy.py, ics.py,
+smoothness.py): the noise's draws, the smoothness measure against a closed form, the covariate
+shift against a hand-made update, measuring that changes nothing, and each study in --quick."""
+import argparse
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import experiments
+import mlp
+import solver
+from batchnorm import BatchNorm
+from studies import ics, noisy, smoothness
+from studies.common import Study
+from studies.why_bn import schedule
+
+# ----------------------------------------------------------------------------- BatchNoise
+
+
+def test_batch_noise_draws_per_unit_shift_and_scale_in_the_papers_ranges():
+    torch.manual_seed(0)
+    units, n = 64, 20_000
+    a = torch.cat([torch.ones(n, units), torch.zeros(n, units)])   # per unit: s + m, then m
+    out = noisy.BatchNoise().train()(a)
+    ones, zeros = out[:n], out[n:]
+    mu = zeros.mean(dim=0)                    # m ~ U(mu_j - 0.1, mu_j + 0.1)
+    sigma = ones.mean(dim=0) - mu             # s ~ N(sigma_j, 0.1)
+    assert (mu.abs() < 0.5).all() and mu.min() < -0.3 and mu.max() > 0.3   # spread over (-0.5, 0.5)
+    assert 0.2 < mu.std() < 0.38              # U(-0.5, 0.5): 0.289
+    assert ((sigma > 1 - 0.01) & (sigma < 1.25 + 0.01)).all()
+    assert sigma.min() < 1.05 and sigma.max() > 1.2
+    assert ((ones.mean(dim=0) - (sigma + mu)).abs() < 1e-6).all()
+    # a = 0: the output is m, inside mu_j +- 0.1, filling that window
+    window = zeros.amax(dim=0) - zeros.amin(dim=0)
+    assert ((window <= 0.2 + 1e-5) & (window > 0.199)).all()
+    assert ((zeros.amax(dim=0) + zeros.amin(dim=0)) / 2 - mu).abs().max() < 0.003   # centred
+    assert zeros.std(dim=0).sub(0.2 / 12 ** 0.5).abs().max() < 0.005    # U over 0.2: 0.0577
+    # a = 1: s + m, standard deviation sqrt(0.1^2 + 0.2^2 / 12) = 0.1155
+    assert ones.std(dim=0).sub(0.1155).abs().max() < 0.005
+
+
+def test_batch_noise_is_fresh_each_call_seeded_and_off_in_eval_mode():
+    layer = noisy.BatchNoise()
+    a = torch.randn(50, 8)
+    torch.manual_seed(1)
+    first, second = layer(a), layer(a)
+    assert not torch.allclose(first.mean(0), second.mean(0), atol=0.05)   # new mu_j, sigma_j
+    torch.manual_seed(1)
+    assert torch.equal(layer(a), first)       # seeded: the same draws again
+    assert layer.eval()(a) is a               # evaluation: identity
+    generator = torch.Generator().manual_seed(3)
+    again = torch.Generator().manual_seed(3)
+    assert torch.equal(noisy.BatchNoise(generator=generator)(a),
+                       noisy.BatchNoise(generator=again)(a))
+
+
+def test_batch_noise_counts_height_and_width_as_batch_dimensions():
+    torch.manual_seed(2)
+    out = noisy.BatchNoise()(torch.zeros(8, 16, 10, 10))
+    assert out.shape == (8, 16, 10, 10)
+    per_channel = out.transpose(0, 1).reshape(16, -1)   # every value of one channel
+    window = per_channel.amax(dim=1) - per_channel.amin(dim=1)
+    assert (window <= 0.2 + 1e-5).all() and (window > 0.19).all()   # one mu_j per channel
+    assert per_channel.mean(dim=1).std() > 0.1          # channels draw their own mu_j
+
+
+def test_noisy_arms_are_built_as_described():
+    for network in ("mlp", "cnn"):
+        kinds = {arm: [type(m).__name__ for m in noisy.build_arm(network, arm)]
+                 for arm in noisy.ARMS}
+        bn_layers = kinds["bn"].count("BatchNorm1d") + kinds["bn"].count("BatchNorm2d")
+        assert bn_layers == 2 and "BatchNoise" not in kinds["bn"]
+        assert kinds["bn_noise"].count("BatchNoise") == 2
+        for i, kind in enumerate(kinds["bn_noise"]):   # noise right after each BN
+            if kind.startswith("BatchNorm"):
+                assert kinds["bn_noise"][i + 1] == "BatchNoise"
+        assert kinds["noise"] == ["BatchNoise" if k.startswith("BatchNorm") else k
+                                  for k in kinds["bn"]]
+        assert not any(k.startswith("BatchNorm") for k in kinds["none"] + kinds["noise"])
+    torch.manual_seed(0)
+    with_noise = noisy.build_arm("mlp", "noise")
+    torch.manual_seed(0)
+    plain = mlp.build_model("none")
+    # the same weights under one seed, and the MLP's rule: no bias anywhere
+    assert all(torch.equal(a, b) for a, b in zip(with_noise.parameters(), plain.parameters()))
+
+# ----------------------------------------------------------------------------- along_gradient
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_along_gradient_matches_the_closed_form_of_a_quadratic(bias):
+    torch.manual_seed(0)
+    n, d = 40, 5
+    x, y = torch.randn(n, d, dtype=torch.float64), torch.randn(n, 1, dtype=torch.float64)
+    model = nn.Linear(d, 1, bias=bias).double()
+    w = torch.cat([model.weight.detach().flatten()]
+                  + ([model.bias.detach()] if bias else []))
+    design = torch.cat([x, torch.ones(n, 1, dtype=torch.float64)], dim=1) if bias else x
+    g = 2 * design.T @ (design @ w - y.flatten()) / n          # L = mean((Xw - y)^2)
+    hessian = 2 * design.T @ design / n
+    loss0 = ((design @ w - y.flatten()) ** 2).mean()
+    etas = [0.0, 0.05, 0.1, 0.3, 0.8]
+    result = experiments.along_gradient(model, F.mse_loss, x, y, etas)
+    for eta, loss, distance in zip(etas, result["loss"], result["grad_distance"]):
+        expected = loss0 - eta * g @ g + 0.5 * eta ** 2 * g @ hessian @ g
+        assert loss == pytest.approx(expected.item(), rel=1e-10)
+        assert distance == pytest.approx(eta * (hessian @ g).norm().item(), rel=1e-9, abs=1e-12)
+    assert result["beta"] == pytest.approx(((hessian @ g).norm() / g.norm()).item(), rel=1e-9)
+    assert len(result["loss"]) == len(etas) and result["grad_distance"][0] == 0.0
+
+
+def state_of(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+            [m.training for m in model.modules()])
+
+
+def test_along_gradient_leaves_a_bn_model_exactly_as_it_was():
+    torch.manual_seed(0)
+    model = mlp.build_model("bn")
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    F.cross_entropy(model(x), y).backward()   # .grad set, running estimates moved
+    model.eval()
+    model[2].train()                          # a mix of modes, to be kept as it is
+    before = state_of(model)
+    result = experiments.along_gradient(model, F.cross_entropy, x, y, [0.05, 0.1, 0.4])
+    after = state_of(model)
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])   # params, buffers
+    assert all(torch.equal(a, b) for a, b in zip(before[1], after[1]))     # .grad
+    assert before[2] == after[2]
+    assert result["beta"] > 0 and all(d > 0 for d in result["grad_distance"])
+
+# ----------------------------------------------------------------------------- ics
+
+
+def test_covariate_shift_uses_the_optimizers_real_update():
+    """A 2-layer net and SGD with momentum and weight decay after two steps: G' by hand."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    lr, momentum, decay = 0.1, 0.9, 1e-2
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                                weight_decay=decay)
+    batches = [(torch.randn(16, 6), torch.randint(0, 3, (16,))) for _ in range(3)]
+    for i, (x, y) in enumerate(batches):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        if i < len(batches) - 1:   # the last batch's gradient stays, its step not yet taken
+            optimizer.step()
+    x, y = batches[-1]
+    w1, b1, w2, b2 = [p.detach().clone() for p in model.parameters()]
+    grads = [p.grad.clone() for p in model.parameters()]
+    buffers = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    # torch's SGD: buf = momentum * buf + (grad + decay * p); p -= lr * buf
+    stepped = [p - lr * (momentum * buf + g + decay * p)
+               for p, g, buf in zip((w1, b1), grads[:2], buffers[:2])]
+    w2_leaf = w2.clone().requires_grad_()
+    hidden = F.relu(x @ stepped[0].T + stepped[1])
+    g2_shifted, = torch.autograd.grad(F.cross_entropy(hidden @ w2_leaf.T + b2, y), w2_leaf)
+    g2 = grads[2]
+
+    rows = ics.covariate_shift(model, optimizer, x, y)
+    assert rows[0]["distance"] == 0.0 and rows[0]["cos"] == pytest.approx(1.0, abs=1e-6)
+    assert rows[1]["distance"] == pytest.approx((g2 - g2_shifted).norm().item(), rel=1e-4)
+    cos = (g2 * g2_shifted).sum() / (g2.norm() * g2_shifted.norm())
+    assert rows[1]["cos"] == pytest.approx(cos.item(), abs=1e-6)
+    assert rows[1]["distance"] > 1e-4
+    # model and optimizer untouched
+    assert all(torch.equal(a, b) for a, b in zip((w1, b1, w2, b2), model.parameters()))
+    assert all(torch.equal(a, p.grad) for a, p in zip(grads, model.parameters()))
+    assert all(torch.equal(a, optimizer.state[p]["momentum_buffer"])
+               for a, p in zip(buffers, model.parameters()))
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tiny_mnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("why_bn")
+    args = argparse.Namespace(quick=True, seed=0, seeds=1, out=str(out / "json"),
+                              figures=str(out / "figures"))
+    return Study(args, solver.load_mnist(tiny_mnist, torch.device("cpu")))
+
+
+@pytest.mark.parametrize("network", ["mlp", "cnn"])
+def test_measuring_ics_changes_nothing_in_training(tiny_study, network):
+    config = tiny_study.config(**schedule(tiny_study))
+    measured = ics.train_measured(tiny_study, network, True, 0, config)
+    rng = torch.get_rng_state()
+    plain = ics.train_measured(tiny_study, network, True, 0, config, measure=False)
+    for part in ("train", "test"):
+        for key in ("loss", "acc"):
+            assert measured[0][part][key] == plain[0][part][key]   # bit for bit
+    assert measured[1:3] == plain[1:3]
+    record = measured[3]
+    assert record["step"][:3] == [1, config["disp_freq"], 2 * config["disp_freq"]]
+    # the first layer has nothing before it: G' is G, which checks that the batch is the step's
+    assert all(d == 0.0 for d in record["distance"][0])
+    assert all(d > 0 for d in record["distance"][1])
+    assert torch.equal(rng, torch.get_rng_state())   # measuring drew no random number
+
+
+def test_a_copy_of_the_model_does_not_count_as_a_training_step(tiny_study):
+    """before_steps counts the training optimizer's steps only, not a copy's stepped inside."""
+    config = tiny_study.config(**schedule(tiny_study))
+    _, _, _, record = ics.train_measured(tiny_study, "mlp", False, 0, config)
+    steps = len(tiny_study.data[0]) // config["batch_size"] * config["max_epoch"]
+    assert record["step"] == [1] + list(range(config["disp_freq"], steps + 1,
+                                              config["disp_freq"]))
+
+# ----------------------------------------------------------------------------- the studies
+
+
+@pytest.fixture(scope="module")
+def quick(tiny_mnist, tmp_path_factory):
+    """The three studies in --quick mode on the tiny IDX data: (results, figures folder)."""
+    root = tmp_path_factory.mktemp("why_bn_quick")
+    for name in ("noisy", "ics", "smoothness"):
+        experiments.main([name, "--quick", "--data-dir", str(tiny_mnist), "--device", "cpu",
+                          "--out", str(root / "json"), "--figures", str(root / "figures")])
+    results = {name: json.loads((root / "json" / f"{name}.json").read_text())
+               for name in ("noisy", "ics", "smoothness")}
+    return results, root / "figures"
+
+
+def check_provenance(results):
+    provenance = results["provenance"]
+    assert set(provenance) == {"seeds", "torch", "threads", "cpu", "command"}
+    assert provenance["seeds"] == [0] and provenance["threads"] >= 1
+    return len(provenance["seeds"])
+
+
+def check_arm(arm, seeds):
+    assert len(arm["test_acc"]) == len(arm["outcome"]) == seeds
+    assert all(o in ("ok", "failed", "diverged") for o in arm["outcome"])
+    assert all(a is None or 0 <= a <= 1 for a in arm["test_acc"])
+
+
+def test_studies_are_registered_with_their_figures(quick):
+    _, figures = quick
+    assert {"noisy", "ics", "smoothness"} <= set(experiments.STUDIES)
+    for name in ("noisy", "ics", "smoothness"):
+        for figure in experiments.FIGURES[name]:
+            assert (figures / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert experiments.BatchNoise is noisy.BatchNoise
+
+
+def test_noisy_quick(quick):
+    results = quick[0]["noisy"]
+    seeds = check_provenance(results)
+    for network in ("mlp", "cnn"):
+        assert set(results[network]) == {"none", "bn", "bn_noise", "noise"}
+        for arm in results[network].values():
+            check_arm(arm, seeds)
+            for seed in range(seeds):
+                steps, curve = arm["step"][seed], arm["test_acc_curve"][seed]
+                assert len(steps) == len(curve) == len(arm["p50"][seed]) >= 5
+                assert all(0 <= a <= 1 for a in curve)
+                assert all(a <= b <= c for a, b, c in zip(arm["p15"][seed], arm["p50"][seed],
+                                                          arm["p85"][seed]))
+    # the noise moves the distribution of a unit from step to step: BN alone does not as much
+    assert results["mlp"]["bn_noise"]["median_jump"][0] > results["mlp"]["bn"]["median_jump"][0]
+
+
+def test_ics_quick(quick):
+    results = quick[0]["ics"]
+    seeds = check_provenance(results)
+    for network in ("mlp", "cnn"):
+        layers = results[network]["layers"]
+        assert len(layers) == 3
+        for key in ("no_bn", "bn"):
+            arm = results[network][key]
+            check_arm(arm, seeds)
+            for i in range(len(layers)):
+                for seed in range(seeds):
+                    n = len(arm["step"][seed])
+                    distance, cos = arm["distance"][i][seed], arm["cos"][i][seed]
+                    assert len(distance) == len(cos) == n >= 5
+                    assert all(d is not None and d >= 0 for d in distance)
+                    assert all(c is not None and -1 - 1e-6 <= c <= 1 + 1e-6 for c in cos)
+            assert all(d == 0 for d in arm["distance"][0][0])   # the first layer: G' = G
+
+
+def test_smoothness_quick(quick):
+    results = quick[0]["smoothness"]
+    seeds = check_provenance(results)
+    assert len(results["step_factors"]) >= 6
+    assert min(results["step_factors"]) == 0.5 and max(results["step_factors"]) == 4
+    probe = results["larger_rate_probe"]
+    assert set(probe["rates"]) == {str(lr) for lr in smoothness.LARGER_RATES}
+    settings = [(s["network"], s["learning_rate"]) for s in results["settings"]]
+    assert settings[:2] == [("mlp", 0.1), ("cnn", 0.1)]
+    assert len(settings) == 2 + (probe["chosen"] is not None)
+    for setting in results["settings"]:
+        for key in ("no_bn", "bn"):
+            arm = setting[key]
+            check_arm(arm, seeds)
+            for seed in range(seeds):
+                n = len(arm["step"][seed])
+                assert n >= 5
+                for measure in ("loss_range", "grad_range", "beta"):
+                    values = arm[measure][seed]
+                    assert len(values) == n
+                    if arm["outcome"][seed] != "diverged":
+                        assert all(v is not None and v >= 0 for v in values)

@@ -2,8 +2,6 @@
 smoothness.py): the noise's draws, the smoothness measure against a closed form, the covariate
 shift against a hand-made update, measuring that changes nothing, and each study in --quick."""
 import argparse
-import copy
-import json
 
 import pytest
 import torch
@@ -13,7 +11,6 @@ from torch import nn
 import experiments
 import mlp
 import solver
-from batchnorm import BatchNorm
 from studies import ics, noisy, smoothness
 from studies.common import Study
 from studies.why_bn import schedule
@@ -213,15 +210,11 @@ def test_a_copy_of_the_model_does_not_count_as_a_training_step(tiny_study):
 
 
 @pytest.fixture(scope="module")
-def quick(tiny_mnist, tmp_path_factory):
-    """The three studies in --quick mode on the tiny IDX data: (results, figures folder)."""
-    root = tmp_path_factory.mktemp("why_bn_quick")
-    for name in ("noisy", "ics", "smoothness"):
-        experiments.main([name, "--quick", "--data-dir", str(tiny_mnist), "--device", "cpu",
-                          "--out", str(root / "json"), "--figures", str(root / "figures")])
-    results = {name: json.loads((root / "json" / f"{name}.json").read_text())
-               for name in ("noisy", "ics", "smoothness")}
-    return results, root / "figures"
+def quick(quick_run):
+    """The three studies as the session's `experiments.py all --quick` on the tiny IDX data
+    wrote them (conftest.py's quick_run): (their results by name, the figures folder)."""
+    results, figures = quick_run
+    return {name: results[name] for name in ("noisy", "ics", "smoothness")}, figures
 
 
 def check_provenance(results):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from studies.common import color, label, norm_of, print_table, provenance, show_seeds
 from studies.why_bn import (NETWORKS, StepBatches, before_steps, draw_band, finite, layer_name,
-                            schedule, weighted_layers)
+                            schedule, spread, start_and_later, weighted_layers)
 
 FIGURES = ("internal_covariate_shift.png",)
 
@@ -76,11 +76,6 @@ def train_measured(study, network, bn, seed, config, measure=True):
     return history, outcome, acc, record
 
 
-def median(values):
-    values = sorted(v for v in values if v is not None)
-    return values[len(values) // 2] if values else None
-
-
 def run(study):
     """The MLP and the CNN, with and without BN, the report's SGD at 0.1, over study.seeds."""
     config = study.config(**schedule(study))
@@ -113,23 +108,15 @@ def run(study):
         for key in ("no_bn", "bn"):
             arm = results[network][key]
             for i, name in enumerate(results[network]["layers"][1:], start=1):
-                per_seed = lambda measure: [median(v) for v in arm[measure][i]]
-                relative = [median([d / g for d, g in zip(ds, gs) if d is not None and g])
+                first, later = start_and_later(arm["distance"][i])
+                relative = [[d / g for d, g in zip(ds, gs) if d is not None and g]
                             for ds, gs in zip(arm["distance"][i], arm["grad_norm"][i])]
-                rows.append((network, key, name, spread(per_seed("distance")),
-                             spread(relative), spread(per_seed("cos"))))
-    print_table(["network", "arm", "layer", "median ||G - G'||", "median ||G - G'|| / ||G||",
-                 "median cos(G, G')"], rows)
+                rows.append((network, key, name, spread(first), spread(later),
+                             spread(start_and_later(relative)[1]),
+                             spread(start_and_later(arm["cos"][i])[1])))
+    print_table(["network", "arm", "layer", "||G - G'|| at step 1", "||G - G'|| later (median)",
+                 "||G - G'|| / ||G|| later", "cos(G, G') later"], rows)
     study.save("ics", results, draw(results), FIGURES[0])
-
-
-def spread(values):
-    """"mean (min-max)" over seeds of per-seed numbers."""
-    finite_values = [v for v in values if v is not None]
-    if not finite_values:
-        return "-"
-    mean = sum(finite_values) / len(finite_values)
-    return f"{mean:.3g} ({min(finite_values):.3g}-{max(finite_values):.3g})"
 
 
 def draw(results):

@@ -9,7 +9,7 @@ from torch import nn
 import solver
 from batchnorm import BatchNorm
 from studies.common import accuracy, print_table, provenance, show_seeds
-from studies.why_bn import NETWORKS, draw_band, schedule
+from studies.why_bn import NETWORKS, draw_band, schedule, spread
 
 FIGURES = ("noisy_bn.png",)
 
@@ -132,16 +132,9 @@ def run(study):
     print_table(["network", "arm", "final test acc (mean, range)", "outcomes",
                  "median jump (mean, range)"],
                 [(network, ARMS[arm][0], show_seeds(r["test_acc"]), " ".join(r["outcome"]),
-                  jump_range(r["median_jump"]))
+                  spread(r["median_jump"]))
                  for network in NETWORKS for arm, r in results[network].items()])
     study.save("noisy", results, draw(results), FIGURES[0])
-
-
-def jump_range(jumps):
-    finite = [j for j in jumps if j is not None]
-    if not finite:
-        return "-"
-    return f"{sum(finite) / len(finite):.3f} ({min(finite):.3f}-{max(finite):.3f})"
 
 
 def draw(results):
@@ -150,27 +143,40 @@ def draw(results):
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     seed = results["provenance"]["seeds"][0]
     for row, network in zip(axes, NETWORKS):
+        lowest = 1.0
         for arm, (name, color) in ARMS.items():
             r = results[network][arm]
+            failed = sum(o != "ok" for o in r["outcome"])
+            if failed:   # the mean curve then mixes runs that learnt with runs that did not
+                kinds = "/".join(sorted(set(r["outcome"]) - {"ok"}))
+                name += f" ({failed} of {len(r['outcome'])} {kinds})"
             draw_band(row[0], r["step"], r["test_acc_curve"], color, name)
+            lowest = min([lowest] + [a for curve in r["test_acc_curve"] for a in curve])
         row[0].set(xlabel="training step", ylabel="test accuracy (eval mode, noise off)",
                    title=f"{network.upper()}: test accuracy (mean and range over seeds)",
-                   ylim=(0.0, 1.0))
-        row[0].legend(fontsize=8, loc="lower right")
-        for ax, arm in ((row[1], "bn"), (row[2], "bn_noise")):
+                   ylim=(max(0.0, int((lowest - 0.02) * 20) / 20), 1.0))
+        row[0].legend(fontsize=8, loc="lower right", framealpha=0.7)
+        for ax, arm, short in ((row[1], "bn", "BN"), (row[2], "bn_noise", "noisy BN")):
             r, color = results[network][arm], ARMS[arm][1]
-            for p, style in (("p85", ":"), ("p50", "-"), ("p15", "--")):
-                ax.plot(r["step"][0], r[p][0], style, color=color, lw=1,
-                        label=f"{p[1:]}th percentile")
+            shown = {}
+            for p, style, width in (("p85", ":", 2.2), ("p50", "-", 1.0), ("p15", "--", 1.0)):
+                values = r[p][0]
+                name = f"{p[1:]}th percentile"
+                same = [q for q, other in shown.items()
+                        if sum(abs(a - b) < 1e-6 for a, b in zip(values, other)) > len(values) / 2]
+                if same:   # a conv unit's background pixels: many equal values
+                    name += f" (mostly = {same[0][1:]}th)"
+                shown[p] = values
+                ax.plot(r["step"][0], values, style, color=color, lw=width, label=name)
             ax.set(xlabel="training step", ylabel="input of the first ReLU, unit 0",
-                   title=f"{network.upper()}, {ARMS[arm][0]}: training batch (seed {seed})")
+                   title=f"{network.upper()}, {short}: on the training batch (seed {seed})")
         # one scale for both percentile panels, so their spreads compare at a glance
         shown = [v for a in ("bn", "bn_noise") for p in ("p15", "p85")
                  for v in results[network][a][p][0]] or [0.0]
         low, high = min(shown), max(shown)
         for ax in row[1:]:
-            ax.set_ylim(low - 0.1 * (high - low) - 0.05, high + 0.35 * (high - low) + 0.05)
-            ax.legend(fontsize=8, loc="upper right", ncol=3)
+            ax.set_ylim(low - 0.1 * (high - low) - 0.05, high + 0.6 * (high - low) + 0.05)
+            ax.legend(fontsize=7.5, loc="upper right")
         for ax in row:
             ax.grid(alpha=0.3)
     fig.suptitle("Noisy BN (Santurkar et al. 2018, Algorithm 1): BN, then a fresh random shift "

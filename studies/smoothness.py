@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from studies.common import color, label, norm_of, print_table, provenance, show_seeds
-from studies.why_bn import NETWORKS, StepBatches, before_steps, draw_band, finite, schedule
+from studies.why_bn import (NETWORKS, StepBatches, before_steps, draw_band, finite, schedule,
+                            spread, start_and_later)
 
 FIGURES = ("smoothness.png",)
 
@@ -132,25 +133,19 @@ def run(study):
                            f"{show_seeds(arm['test_acc'])} {arm['outcome']}")
         results["settings"].append(setting)
 
-    print_table(["network, lr", "arm", "final test acc", "loss range", "gradient range",
-                 "beta"],
-                [(f"{s['network']}, {s['learning_rate']:g}", key, show_seeds(s[key]["test_acc"]),
-                  *(over_seeds(s[key][measure]) for measure in ("loss_range", "grad_range",
-                                                                 "beta")))
-                 for s in results["settings"] for key in ("no_bn", "bn")])
+    rows = []
+    for setting in results["settings"]:
+        for key in ("no_bn", "bn"):
+            arm = setting[key]
+            cells = []
+            for measure in ("loss_range", "grad_range", "beta"):
+                first, later = start_and_later(arm[measure])
+                cells.append(f"{spread(first)} / {spread(later)}")
+            rows.append((f"{setting['network']}, {setting['learning_rate']:g}", key,
+                         show_seeds(arm["test_acc"]), *cells))
+    print_table(["network, lr", "arm", "final test acc", "loss range: step 1 / later (median)",
+                 "gradient range: step 1 / later", "beta: step 1 / later"], rows)
     study.save("smoothness", results, draw(results), FIGURES[0])
-
-
-def over_seeds(per_seed):
-    """Each seed's mean over training, then "mean (min-max)" of those over seeds."""
-    means = []
-    for values in per_seed:
-        values = [v for v in values if v is not None]
-        if values:
-            means.append(sum(values) / len(values))
-    if not means:
-        return "-"
-    return f"{sum(means) / len(means):.3g} ({min(means):.3g}-{max(means):.3g})"
 
 
 def draw(results):

@@ -30,6 +30,23 @@ def finite(value):
     return value if math.isfinite(value) else None
 
 
+def spread(values):
+    """"mean (min-max)" of per-seed numbers, for the tables; "-" where none is finite."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "-"
+    return f"{sum(values) / len(values):.3g} ({min(values):.3g}-{max(values):.3g})"
+
+
+def start_and_later(per_seed):
+    """A measure over training, per seed: (its value at step 1, its median over the later
+    measurements). Kept apart because at step 1 the untrained networks differ most."""
+    def median(values):
+        values = sorted(v for v in values if v is not None and math.isfinite(v))
+        return values[len(values) // 2] if values else None
+    return ([v[0] if v else None for v in per_seed], [median(v[1:]) for v in per_seed])
+
+
 def weighted_layers(model):
     """The layers with weights (nn.Linear, nn.Conv2d), in the order the input meets them."""
     return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]

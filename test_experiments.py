@@ -2,6 +2,7 @@
 writing its JSON and figure, with at least one assertion per study that a broken study would
 fail; the studies' shared pieces: the failure rule, provenance, seeds."""
 import argparse
+import json
 import copy
 
 import matplotlib.pyplot as plt
@@ -273,3 +274,13 @@ def test_bn_after_the_relu_keeps_the_bias_before_it():
     assert kinds[1:4] == ["Linear", "ReLU", "BatchNorm1d"] and after[1].bias is not None
     before = BUILDERS["mlp"]["before"]()
     assert [type(m).__name__ for m in before][1:4] == ["Linear", "BatchNorm1d", "ReLU"]
+
+
+def test_batch_survives_arms_that_diverge_at_once(tiny_mnist, tmp_path, monkeypatch):
+    import studies.batch
+    monkeypatch.setitem(studies.batch.RATES, "constant", lambda size: 1e30)
+    experiments.main(["batch", "--quick", "--data-dir", str(tiny_mnist), "--device", "cpu",
+                      "--out", str(tmp_path), "--figures", str(tmp_path)])
+    constant = json.loads((tmp_path / "batch.json").read_text())["arms"]["constant"]
+    assert all(seeds == ["diverged"] for seeds in constant["bn_outcome"] + constant["no_bn_outcome"])
+    assert constant["bn_eval"][0] == [None] and (tmp_path / "batch_size.png").exists()

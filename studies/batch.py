@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import batchnorm
-from studies.common import (color, draw_over_seeds, mlp_with, outcome, print_table, provenance,
-                            show_seeds)
+from studies.common import (color, draw_over_seeds, mean_and_range, mlp_with, outcome,
+                            print_table, provenance, show_seeds)
 
 FIGURES = ("batch_size.png",)
 RATES = {"constant": lambda size: 0.1, "linear": lambda size: 0.1 * size / 100}
@@ -28,6 +28,10 @@ def batch_statistics_accuracy(model, images, labels, batch_size):
             break
         correct += (model(batch).argmax(dim=1) == labels[start:start + len(batch)]).sum().item()
     return correct / len(images)
+
+
+def last(values):
+    return values[-1] if values else None
 
 
 class Mechanism:
@@ -83,11 +87,12 @@ def run(study):
                     tag = "bn" if bn else "no_bn"
                     cell["bn_eval" if bn else "no_bn"].append(acc)
                     cell[f"{tag}_outcome"].append(verdict)
-                    cell[f"{tag}_last_window_acc"].append(history["train"]["acc"][-1])
-                    cell[f"first_grad_norm_{tag}"].append(mechanism.first_grad_norm[-1])
+                    # a run that diverged in its first window has recorded none of these
+                    cell[f"{tag}_last_window_acc"].append(last(history["train"]["acc"]))
+                    cell[f"first_grad_norm_{tag}"].append(last(mechanism.first_grad_norm))
                     if not bn:
                         continue
-                    cell["x_hat_near_one"].append(mechanism.x_hat_near_one[-1])
+                    cell["x_hat_near_one"].append(last(mechanism.x_hat_near_one))
                     diverged = verdict == "diverged"
                     cell["bn_batch_stats"].append(
                         None if diverged else batch_statistics_accuracy(model, test_x, test_y,
@@ -122,9 +127,10 @@ def run(study):
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="lower right")
     linear = results["arms"]["linear"]
+    mean = lambda values: (mean_and_range(values) or (float("nan"),))[0]   # nan: none recorded
     for key, style, text in (("first_grad_norm_bn", "o-", "with BN"),
                              ("first_grad_norm_no_bn", "^-", "without BN")):
-        means = [sum(v) / len(v) for v in linear[key]]
+        means = [mean(v) for v in linear[key]]
         axes[2].plot(sizes, means, style, color=color(key == "first_grad_norm_bn"),
                      label=f"first layer's |grad W|, {text}")
     axes[2].set(xscale="log", yscale="log", xlabel="batch size (linear rate)",
@@ -132,7 +138,7 @@ def run(study):
                 title="at batch 2: x_hat at +-1, and the first layer's gradient")
     axes[2].set_xticks(sizes, [str(s) for s in sizes])
     twin = axes[2].twinx()
-    twin.plot(sizes, [sum(v) / len(v) for v in linear["x_hat_near_one"]], "k:",
+    twin.plot(sizes, [mean(v) for v in linear["x_hat_near_one"]], "k:",
               label="share of |x_hat| within 1e-3 of 1 (first BN)")
     twin.set(ylabel="share of x_hat at +-1", ylim=(-0.02, 1.02))
     axes[2].legend(fontsize=7, loc="upper right")
@@ -144,7 +150,7 @@ def run(study):
                 [(rule, size, f"{arm['lr'][i]:g}", show_seeds(arm["bn_eval"][i]),
                   show_seeds(arm["bn_population"][i]), show_seeds(arm["bn_batch_stats"][i]),
                   show_seeds(arm["no_bn"][i]),
-                  f"{sum(arm['x_hat_near_one'][i]) / len(study.seeds):.2f}",
+                  f"{mean(arm['x_hat_near_one'][i]):.2f}",
                   show_seeds(arm["bn_last_window_acc"][i]))
                  for rule, arm in results["arms"].items() for i, size in enumerate(sizes)])
     study.save("batch", results, fig, FIGURES[0])

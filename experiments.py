@@ -21,10 +21,14 @@ numbers on the CPU. Unless a study says otherwise, training uses the report's SG
 0.9, weight decay 1e-4) at a constant rate, on the report's MLP (mlp.build_model).
 """
 import argparse
+import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+import plot
 import plumbing
 import solver
 from studies import batch, detach, figure1, init_scale, lr, momentum, population
@@ -48,6 +52,20 @@ STUDIES = {  # the name on the command line -> its page in studies/ (run(study),
 FIGURES = {name: study.FIGURES for name, study in STUDIES.items()}   # the files each one draws
 
 
+def redraw(args):
+    """The figures of the chosen studies again, from their saved JSON: a change of plotting
+    needs no second run of the training."""
+    names = STUDIES if args.study == "all" else [args.study]
+    for name in [n for n in names if hasattr(STUDIES[n], "draw")]:
+        path = Path(args.out) / f"{name}.json"
+        if not path.exists():
+            sys.exit(f"error: {path} not found; run `python experiments.py {name}` first")
+        fig = STUDIES[name].draw(json.loads(path.read_text()))
+        Path(args.figures).mkdir(parents=True, exist_ok=True)
+        plot.save_figure(fig, Path(args.figures) / STUDIES[name].FIGURES[0])
+        print(f"redrew {Path(args.figures) / STUDIES[name].FIGURES[0]} from {path}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -61,6 +79,9 @@ def main(argv=None):
     parser.add_argument("--out", default="runs/experiments", help="where each study's JSON goes")
     parser.add_argument("--figures", default="figures", help="where each study's figure goes")
     parser.add_argument("--quick", action="store_true", help="every study shrunk to seconds")
+    parser.add_argument("--redraw", action="store_true",
+                        help="draw the figure again from <out>/<study>.json, without training "
+                             "(the studies that have a draw function)")
     parser.add_argument("--threads", type=plumbing.positive_int, default=None,
                         help="torch's intra-op threads (default: torch's choice here); 1 is "
                              "faster at tiny batches and when other work shares the cores")
@@ -69,6 +90,9 @@ def main(argv=None):
         args.seeds = 1 if args.quick else 3
     if args.threads:
         torch.set_num_threads(args.threads)   # recorded in each study's provenance
+    if args.redraw:
+        redraw(args)
+        return
     with plumbing.one_line_failures(lambda: f"the studies that finished are saved in {args.out}"):
         device = plumbing.pick_device(args.device)
         data = solver.load_mnist(args.data_dir, device)

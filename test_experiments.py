@@ -284,3 +284,14 @@ def test_batch_survives_arms_that_diverge_at_once(tiny_mnist, tmp_path, monkeypa
     constant = json.loads((tmp_path / "batch.json").read_text())["arms"]["constant"]
     assert all(seeds == ["diverged"] for seeds in constant["bn_outcome"] + constant["no_bn_outcome"])
     assert constant["bn_eval"][0] == [None] and (tmp_path / "batch_size.png").exists()
+
+
+def test_redraw_draws_the_figures_again_from_the_json(quick_run, tmp_path, capsys):
+    results, figures = quick_run
+    out = figures.parent / "json"
+    experiments.main(["all", "--redraw", "--out", str(out), "--figures", str(tmp_path)])
+    drawn = {p.name for p in tmp_path.iterdir()}
+    assert {"bn_paper_figure1.png", "lr_robustness.png", "init_scale.png"} <= drawn
+    with pytest.raises(SystemExit) as stop:   # no JSON yet: one line saying what to run first
+        experiments.main(["lr", "--redraw", "--out", str(tmp_path / "none")])
+    assert "run `python experiments.py lr` first" in str(stop.value.code)

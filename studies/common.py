@@ -169,10 +169,11 @@ def show_seeds(values):
     return f"{mean:.2%}" if len(values) == 1 else f"{mean:.2%} ({low:.2%}-{high:.2%})"
 
 
-def draw_over_seeds(ax, x, per_seed, outcomes, color, label, fmt="o-", floor=0.0):
+def draw_over_seeds(ax, x, per_seed, outcomes, color, label, fmt="o-", floor=0.0, nudge=1.0):
     """One setting per x: the mean over seeds of the ok runs as a line, the seeds' range as a
     band; failed and diverged runs as distinct markers at y = floor (the bottom of the axis),
-    not joined into the curve. per_seed[i] and outcomes[i]: lists over seeds at x[i]."""
+    not joined into the curve, their x times `nudge` (on a log axis, so that two arms' markers
+    at one x sit side by side). per_seed[i] and outcomes[i]: lists over seeds at x[i]."""
     points = [(xi, [v for v, o in zip(vals, outs) if o == "ok"])
               for xi, vals, outs in zip(x, per_seed, outcomes)]
     points = [(xi, vals) for xi, vals in points if vals]
@@ -182,7 +183,7 @@ def draw_over_seeds(ax, x, per_seed, outcomes, color, label, fmt="o-", floor=0.0
         ax.fill_between(xs, [min(v) for _, v in points], [max(v) for _, v in points],
                         color=color, alpha=0.2, lw=0)
     for kind, mark in (("failed", "v"), ("diverged", "x")):
-        xs = [xi for xi, outs in zip(x, outcomes) for o in outs if o == kind]
+        xs = [xi * nudge for xi, outs in zip(x, outcomes) for o in outs if o == kind]
         if xs:
             ax.scatter(xs, [floor] * len(xs), marker=mark, s=60, color=color, zorder=3,
                        clip_on=False, label=f"{kind} ({label})")
@@ -230,7 +231,8 @@ def draw_sweep(ax, results, key, xlabel, ylabel, title, value="test_acc"):
     for bn in (False, True):
         points = results["bn" if bn else "no_bn"]
         draw_over_seeds(ax, [p[key] for p in points], [p[value] for p in points],
-                        [p["outcome"] for p in points], color(bn), label(bn))
+                        [p["outcome"] for p in points], color(bn), label(bn),
+                        nudge=1.15 if bn else 1 / 1.15)
     ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, title=title, ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
     print_table([key, "without BN", "with BN"],

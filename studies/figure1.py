@@ -116,30 +116,39 @@ def run(study):
         study.progress("figure1", f"{TITLES[name]}, {results['steps']:,} steps",
                        show_seeds(record["final_test_acc"]))
 
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
+    print_table(["network", "test acc at the end (seeds)", "p15 / p50 / p85 at the end, seed 0"],
+                [(TITLES[name], show_seeds(results[name]["final_test_acc"]),
+                  " / ".join(f"{results[name][p][0][-1]:+.2f}" for p in ("p15", "p50", "p85")))
+                 for name in ARMS if results[name]["step"]])
+    study.save("figure1", results, draw(results), FIGURES[0])
+
+
+def draw(results):
+    """The figure from figure1.json's numbers (`experiments.py figure1 --redraw` calls it too):
+    (a) test accuracy of the three arms, (b-d) the first seed's percentiles, on one y scale."""
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.4))
+    axes[2].sharey(axes[1])
+    axes[3].sharey(axes[1])
     colors = {"bn": color(True), "no_bn": color(False), "no_bn_small_init": "tab:brown"}
-    for name, record in results.items():
-        if name in ARMS:
-            per_step = [list(accs) for accs in zip(*record["test_acc"])]
-            draw_over_seeds(axes[0], record["step"], per_step,
-                            [["ok"] * len(accs) for accs in per_step], colors[name],
-                            TITLES[name], fmt="-")
+    for name in ARMS:
+        record = results[name]
+        per_step = [list(accs) for accs in zip(*record["test_acc"])]
+        draw_over_seeds(axes[0], record["step"], per_step,
+                        [["ok"] * len(accs) for accs in per_step], colors[name], TITLES[name],
+                        fmt="-")
     axes[0].set(xlabel="training step", ylabel="test accuracy", ylim=(0, 1),
                 title="(a) test accuracy (band: range over seeds)")
     axes[0].legend(fontsize=8, loc="lower right")
+    first_seed = results["provenance"]["seeds"][0]
     for ax, name, panel in zip(axes[1:], ARMS, "bcd"):
         record = results[name]
         for p, style in (("p85", ":"), ("p50", "-"), ("p15", "--")):
             ax.plot(record["step"], record[p][0], style, color=colors[name],
                     label=f"{p[1:]}th percentile")
         ax.set(xlabel="training step", ylabel="input of a last-layer sigmoid",
-               title=f"({panel}) {TITLES[name]}, seed {study.seeds[0]}")
-        ax.legend(fontsize=7, loc="best")
+               title=f"({panel}) {TITLES[name]}, seed {first_seed}")
+    axes[3].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle("The BN paper's Figure 1, redone: 3 x 100 sigmoid units, batches of 60")
-    print_table(["network", "test acc at the end (seeds)", "p15 / p50 / p85 at the end, seed 0"],
-                [(TITLES[name], show_seeds(results[name]["final_test_acc"]),
-                  " / ".join(f"{results[name][p][0][-1]:+.2f}" for p in ("p15", "p50", "p85")))
-                 for name in ARMS if results[name]["step"]])
-    study.save("figure1", results, fig, FIGURES[0])
+    return fig

@@ -73,6 +73,11 @@ def run(study):
         results["networks"][name] = {"widths": list(widths), **default_scales(widths),
                                      **sweep(study, f"init {name}", "scale", scales, make,
                                              measure)}
+    study.save("init", results, draw(results), FIGURES[0])
+
+
+def draw(results):
+    """The figure from init.json's numbers (also `experiments.py init --redraw`)."""
     fig, axes = plt.subplots(2, 2, figsize=(14, 8), sharex=True)
     titles = {"mlp": "the report's MLP 784-128-64-10", "deep": "CS231n's 7 x 50 network"}
     for column, (name, record) in enumerate(results["networks"].items()):
@@ -86,4 +91,4 @@ def run(study):
                        value=value)
     axes[0][1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle("Initialisation scale (CS231n's experiment); band: range over seeds")
-    study.save("init", results, fig, FIGURES[0])
+    return fig

@@ -16,9 +16,14 @@ def run(study):
     make = lambda bn, lr: (mlp_with(bn), study.config(learning_rate=lr, max_epoch=epochs))
     results = {"provenance": provenance(study.seeds), "rates": rates, "epochs": epochs,
                **sweep(study, "lr", "lr", rates, make)}
+    study.save("lr", results, draw(results), FIGURES[0])
+
+
+def draw(results):
+    """The figure from lr.json's numbers (also `experiments.py lr --redraw`)."""
     fig, ax = plt.subplots(figsize=(9.5, 4.4))
     draw_sweep(ax, results, "lr", "learning rate (constant)",
-               f"test accuracy after {epochs} epoch(s)",
+               f"test accuracy after {results['epochs']} epoch(s)",
                "MLP 784-128-64-10: learning-rate robustness (band: range over seeds)")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    study.save("lr", results, fig, FIGURES[0])
+    return fig

@@ -66,25 +66,6 @@ def run(study):
                            f"0.9 - 0.1: {pair['mean_gap']:+.2%} on average, 0.9 wins "
                            f"{pair['share_09_wins']:.0%} of {last} steps")
 
-    fig, axes = plt.subplots(2, len(sizes), figsize=(12, 6.5), squeeze=False)
-    first_seed = study.seeds[0]
-    for column, size in enumerate(sizes):
-        for run_ in [r for r in results["runs"] if r["batch"] == size and r["seed"] == first_seed]:
-            label = f"momentum {run_['momentum']} (torch: {1 - run_['momentum']:.1f})"
-            color = COLORS[run_["momentum"]]
-            axes[0][column].plot(run_["step"], run_["test_acc"], color=color, label=label)
-            axes[1][column].plot(run_["step"], run_["running_mean"], color=color,
-                                 label=f"running mean, {label}")
-            axes[1][column].plot(run_["step"], run_["batch_mean"], ".", color=color, ms=3,
-                                 alpha=0.5, label=f"batch means, {label}")
-        axes[0][column].set(title=f"batch {size}: eval-mode test accuracy, last {last} steps, "
-                                  f"seed {first_seed}", ylabel="test accuracy")
-        axes[1][column].set(title=f"batch {size}: first BN layer, unit 0", xlabel="training step",
-                            ylabel="mean of its input")
-        for ax in axes[:, column]:
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="best")
-    fig.suptitle("The same training, two momenta for the running estimates")
     print_table(["batch", "seed", "trained identically", "mean gap (0.9 - 0.1)",
                  "0.9 wins", "ties", "running mean std, 0.9 / 0.1"],
                 [(p["batch"], p["seed"], p["trained_identically"], f"{p['mean_gap']:+.2%}",
@@ -93,4 +74,30 @@ def run(study):
                              for r in results["runs"] if r["batch"] == p["batch"]
                              and r["seed"] == p["seed"]))
                  for p in results["paired"]])
-    study.save("momentum", results, fig, FIGURES[0])
+    study.save("momentum", results, draw(results), FIGURES[0])
+
+
+def draw(results):
+    """The figure from momentum.json's numbers (also `experiments.py momentum --redraw`)."""
+    sizes = sorted({r["batch"] for r in results["runs"]}, reverse=True)
+    last, first_seed = results["last_steps"], results["provenance"]["seeds"][0]
+    fig, axes = plt.subplots(2, len(sizes), figsize=(12, 6.5), squeeze=False)
+    for column, size in enumerate(sizes):
+        for run_ in [r for r in results["runs"] if r["batch"] == size and r["seed"] == first_seed]:
+            label = f"momentum {run_['momentum']} (torch: {1 - run_['momentum']:.1f})"
+            color = COLORS[run_["momentum"]]
+            axes[0][column].plot(run_["step"], run_["test_acc"], color=color, label=label)
+            axes[1][column].plot(run_["step"], run_["running_mean"], color=color,
+                                 label=f"running mean, {label}")
+            if run_["momentum"] == 0.9:   # the same batches in both arms: drawn once
+                axes[1][column].plot(run_["step"], run_["batch_mean"], ".", color="tab:gray",
+                                     ms=3, label="batch means (the same in both arms)")
+        axes[0][column].set(title=f"batch {size}: eval-mode test accuracy, last {last} steps, "
+                                  f"seed {first_seed}", ylabel="test accuracy")
+        axes[1][column].set(title=f"batch {size}: first BN layer, unit 0", xlabel="training step",
+                            ylabel="mean of its input")
+        for ax in axes[:, column]:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+    fig.suptitle("The same training, two momenta for the running estimates")
+    return fig

@@ -79,6 +79,23 @@ def run(study):
                        f"running {show_seeds(cell['running_acc'])}, "
                        f"population {show_seeds(cell['population_acc'])}")
 
+    largest = lambda pops, runs: f"{max(abs(p - r) for p, r in zip(pops, runs)):.2%}"
+    rows = [(name, f"epoch {e}", show_seeds([r[i] for r in rec["running_acc"]]),
+             show_seeds([p[i] for p in rec["population_acc"]]),
+             largest([p[i] for p in rec["population_acc"]], [r[i] for r in rec["running_acc"]]))
+            for name, rec in results["models"].items() for i, e in enumerate(rec["epoch"])]
+    rows += [("mlp", f"batch {size}", show_seeds(small["running_acc"][i]),
+              show_seeds(small["population_acc"][i]),
+              largest(small["population_acc"][i], small["running_acc"][i]))
+             for i, size in enumerate(small["batch"])]
+    print_table(["model", "when", "test acc, running", "test acc, population",
+                 "largest |difference| over seeds"], rows)
+    study.save("population", results, draw(results), FIGURES[0])
+
+
+def draw(results):
+    """The figure from population.json's numbers (also `experiments.py population --redraw`)."""
+    small = results["small_batches"]["mlp"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     styles = {"mlp": "tab:blue", "cnn": "tab:purple"}
     for name, record in results["models"].items():
@@ -90,8 +107,8 @@ def run(study):
         for layer in range(len(record["gaps"][0][0])):
             for quantity, axis in (("var", axes[1]), ("mean", axes[2])):
                 for s, gaps in enumerate(record["gaps"]):
-                    axis.plot(record["epoch"], [g[layer][quantity] for g in gaps], "o-",
-                              color=styles[name], alpha=1 - 0.4 * layer,
+                    axis.plot(record["epoch"], [g[layer][quantity] for g in gaps],
+                              "o-" if layer == 0 else "s--", color=styles[name], alpha=0.8,
                               label=f"{name} BN {layer + 1}" if s == 0 else None)
     for i, size in enumerate(small["batch"]):
         diffs = [p - r for p, r in zip(small["population_acc"][i], small["running_acc"][i])]
@@ -106,18 +123,8 @@ def run(study):
     axes[2].set(xlabel="epoch", ylabel="mean |running - population| / std", yscale="log",
                 title="mean estimates, gap in std units (batch 100)")
     for ax in axes:
+        ax.set_xticks(range(1, results["epochs"] + 1))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fig.suptitle("Momentum estimates against population statistics (each line or square: a seed)")
-    largest = lambda pops, runs: f"{max(abs(p - r) for p, r in zip(pops, runs)):.2%}"
-    rows = [(name, f"epoch {e}", show_seeds([r[i] for r in rec["running_acc"]]),
-             show_seeds([p[i] for p in rec["population_acc"]]),
-             largest([p[i] for p in rec["population_acc"]], [r[i] for r in rec["running_acc"]]))
-            for name, rec in results["models"].items() for i, e in enumerate(rec["epoch"])]
-    rows += [("mlp", f"batch {size}", show_seeds(small["running_acc"][i]),
-              show_seeds(small["population_acc"][i]),
-              largest(small["population_acc"][i], small["running_acc"][i]))
-             for i, size in enumerate(small["batch"])]
-    print_table(["model", "when", "test acc, running", "test acc, population",
-                 "largest |difference| over seeds"], rows)
-    study.save("population", results, fig, FIGURES[0])
+    return fig

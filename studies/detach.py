@@ -69,10 +69,24 @@ def run(study):
         study.progress("detach", name, f"{show_seeds(arm['test_acc'])}"
                        + (f", bias norm at the end {min(end):.3g}-{max(end):.3g}" if end else ""))
 
+    ratio = lambda arm: torch.tensor([b / w for bs, ws in zip(arm["bias_grad"], arm["weight_grad"])
+                                      for b, w in zip(bs, ws)]).median().item()
+    print_table(["arm", "final test acc", "bias norm: initial / end (seed 0)",
+                 "|grad b| / |grad W| (median)"],
+                [(name, show_seeds(arm["test_acc"]),
+                  f"{arm['bias_norm_at_start'][0]:.3g} / {arm['bias_norm'][0][-1]:.3g}"
+                  if arm["bias_norm"] else "-",
+                  f"{ratio(arm):.2e}" if arm["bias_norm"] else "-")
+                 for name, arm in results["arms"].items()])
+    study.save("detach", results, draw(results), FIGURES[0])
+
+
+def draw(results):
+    """The figure from detach.json's numbers (also `experiments.py detach --redraw`)."""
     fig, axes = plt.subplots(1, 4, figsize=(19, 4))
     for name, arm in results["arms"].items():
         color, iters = COLORS[name], arm["iter"]
-        for s in range(len(study.seeds)):
+        for s in range(len(arm["test_acc"])):   # each seed
             first = s == 0
             axes[0].plot(iters, arm["train_loss"][s], color=color, lw=0.7,
                          label=name if first else None)
@@ -94,15 +108,8 @@ def run(study):
                 title="the gradient of beta")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Detached statistics (each line: a seed)")
-    ratio = lambda arm: torch.tensor([b / w for bs, ws in zip(arm["bias_grad"], arm["weight_grad"])
-                                      for b, w in zip(bs, ws)]).median().item()
-    print_table(["arm", "final test acc", "bias norm: initial / end (seed 0)",
-                 "|grad b| / |grad W| (median)"],
-                [(name, show_seeds(arm["test_acc"]),
-                  f"{arm['bias_norm_at_start'][0]:.3g} / {arm['bias_norm'][0][-1]:.3g}"
-                  if arm["bias_norm"] else "-",
-                  f"{ratio(arm):.2e}" if arm["bias_norm"] else "-")
-                 for name, arm in results["arms"].items()])
-    study.save("detach", results, fig, FIGURES[0])
+    axes[0].legend(fontsize=7, loc="upper right")
+    axes[3].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("Detached statistics (each line: a seed; the arms without a bias, or with beta "
+                 "frozen, are absent where they have nothing to draw)")
+    return fig

@@ -144,19 +144,18 @@ def percentiles(values):
 
 
 class InputProbe:
-    """How the input of one unit of a layer moves during training (BN paper, Fig. 1).
+    """How the input of the model's first ReLU moves during training (BN paper, Fig. 1).
 
-    A forward pre-hook on `module` (default: the model's first ReLU) keeps its latest input (no
-    work per step); `record_window(iteration)`, called per window, appends that input's
-    percentiles for one unit (channel) to `self.record`."""
+    A forward pre-hook keeps the latest input (no work per step); `record_window(iteration)`,
+    called per window, appends its percentiles for one unit (channel) to `self.record`."""
 
-    def __init__(self, model, unit=PROBE_UNIT, module=None, layer="input of the first ReLU"):
+    def __init__(self, model, unit=PROBE_UNIT):
         self.latest = None
-        self.record = {"layer": layer, "unit": unit, "iter": [], "p15": [], "p50": [], "p85": []}
-        if module is None:
-            module = next((m for m in model.modules() if isinstance(m, nn.ReLU)), None)
-        if module is not None:   # a model without ReLU records nothing
-            module.register_forward_pre_hook(self._keep)
+        self.record = {"layer": "input of the first ReLU", "unit": unit,
+                       "iter": [], "p15": [], "p50": [], "p85": []}
+        first_relu = next((m for m in model.modules() if isinstance(m, nn.ReLU)), None)
+        if first_relu is not None:   # a model without ReLU records nothing
+            first_relu.register_forward_pre_hook(self._keep)
 
     def _keep(self, module, inputs):
         self.latest = inputs[0]

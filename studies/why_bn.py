@@ -11,6 +11,7 @@ from torch import nn
 
 import cnn
 import mlp
+from studies.common import mean_and_range
 
 NETWORKS = {"mlp": mlp.build_model, "cnn": cnn.build_model}   # build(norm), the report's two
 
@@ -32,10 +33,11 @@ def finite(value):
 
 def spread(values):
     """"mean (min-max)" of per-seed numbers, for the tables; "-" where none is finite."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
+    summary = mean_and_range(values)   # the studies' one mean-over-seeds, in 3 digits here
+    if summary is None:
         return "-"
-    return f"{sum(values) / len(values):.3g} ({min(values):.3g}-{max(values):.3g})"
+    mean, low, high = summary
+    return f"{mean:.3g} ({low:.3g}-{high:.3g})"
 
 
 def start_and_later(per_seed):

@@ -62,7 +62,8 @@ def train_script(name, data_dir, out, *flags):
     script = registry.model_script(name)
     argv = ["--data-dir", str(data_dir), "--out", str(out), "--disp-freq", "1", "--device", "cpu",
             *flags]
-    solver.run(name, script.build_model, script.config, argv=argv)
+    solver.train_run(name, script.build_model, script.config,
+                     solver.parse_args(name, script.config, argv))
 
 
 @pytest.fixture(scope="session")
@@ -87,8 +88,9 @@ def quick_run(tiny_mnist, tmp_path_factory):
     study by name, the figures folder)."""
     import experiments
     root = tmp_path_factory.mktemp("experiments")
-    experiments.main(["all", "--quick", "--data-dir", str(tiny_mnist), "--device", "cpu",
-                      "--out", str(root / "json"), "--figures", str(root / "figures")])
+    experiments.run_studies(experiments.parse_args(
+        ["all", "--quick", "--data-dir", str(tiny_mnist), "--device", "cpu",
+         "--out", str(root / "json"), "--figures", str(root / "figures")]))
     results = {study: json.loads((root / "json" / f"{study}.json").read_text())
                for study in experiments.STUDIES}
     return results, root / "figures"

@@ -1,24 +1,17 @@
 """Why and when Batch Normalization helps, measured: short seeded studies beyond the report.
 
-    python experiments.py figure1      # the BN paper's Figure 1, its network and its three panels
-    python experiments.py lr           # learning-rate robustness, with and without BN
-    python experiments.py batch        # batch size: eval mode against a forgotten model.eval()
-    python experiments.py momentum     # the momentum convention mix-up (0.9 here is 0.1 in torch)
-    python experiments.py init         # initialisation scale, as in CS231n's assignment
-    python experiments.py population   # momentum running estimates against population statistics
-    python experiments.py detach       # the BN paper's section 2: detached statistics
-    python experiments.py small_batch  # BN, Batch Renorm, GroupNorm, LayerNorm at batches 2-128
-    python experiments.py placement    # BN before or after the ReLU
-    python experiments.py diagnostics  # per-layer activations, gradients, update ratios
-    python experiments.py all          # every study (docs/studies.md gives each one's time)
-    python experiments.py all --quick  # every study shrunk to seconds, for tests and a first look
+    python experiments.py STUDY           # one study (the list: python experiments.py --help)
+    python experiments.py all             # every study (docs/studies.md gives each one's time)
+    python experiments.py all --quick     # every study shrunk to seconds: shows that it runs
+    python experiments.py STUDY --redraw  # its figures again from <out>/STUDY.json
 
-Each study is a page of its own in studies/ (studies/common.py holds what they share). It
-trains with solver.py's loop (`solver.train`, recording through its per-window callback) and
-batchnorm.py's layers, saves its numbers as <out>/<study>.json, draws one figure into
---figures and prints a small table. Every study is seeded: the same command gives the same
-numbers on the CPU. Unless a study says otherwise, training uses the report's SGD (momentum
-0.9, weight decay 1e-4) at a constant rate, on the report's MLP (mlp.build_model).
+Each study is a page of its own in studies/, in the one form that studies/common.py describes:
+its trainings (independent jobs: a setting, an arm, a seed), one training, the JSON assembled
+from their results, its table and its figures. It trains with solver.py's loop (`solver.train`,
+watched through `on_step` and `on_window`) and batchnorm.py's layers, saves <out>/<study>.json,
+draws its figures into --figures and prints its table. Every study is seeded: the same command
+gives the same numbers on the same CPU and thread count. Unless a study says otherwise, training
+uses the report's SGD (momentum 0.9, weight decay 1e-4) at a constant rate on the report's MLP.
 """
 import argparse
 import json
@@ -28,47 +21,38 @@ from pathlib import Path
 
 import torch
 
-import plot
 import plumbing
 import solver
-from studies import batch, detach, figure1, init_scale, lr, momentum, population
-from studies import placement, small_batch
-from studies import diagnostics
-from studies import ics, noisy, smoothness
-# The names other code and the tests use, importable from here wherever the studies live:
-from studies.batch import batch_statistics_accuracy           # noqa: F401
-from studies.common import Study, outcome                      # noqa: F401
-from studies.figure1 import figure1_network                   # noqa: F401
-from studies.diagnostics import layer_diagnostics            # noqa: F401
-from studies.noisy import BatchNoise                         # noqa: F401
-from studies.smoothness import along_gradient                # noqa: F401
+from studies import (batch, detach, diagnostics, figure1, ics, init_scale, lr, momentum, noisy,
+                     placement, population, small_batch, smoothness)
+from studies.common import Study, run_study, save_figures
 
-STUDIES = {  # the name on the command line -> its page in studies/ (run(study), FIGURES)
-    "figure1": figure1, "lr": lr, "batch": batch, "momentum": momentum, "init": init_scale,
-    "population": population, "detach": detach,
-    "small_batch": small_batch, "placement": placement,
-    "diagnostics": diagnostics,
-    "noisy": noisy, "ics": ics, "smoothness": smoothness}
-FIGURES = {name: study.FIGURES for name, study in STUDIES.items()}   # the files each one draws
+PAGES = (figure1, lr, batch, momentum, init_scale, population, detach, small_batch, placement,
+         diagnostics, noisy, ics, smoothness)
+STUDIES = {page.NAME: page for page in PAGES}   # the name on the command line -> its page
+
+
+def usage():
+    """The list of studies for --help, built from the pages themselves."""
+    width = max(map(len, STUDIES))
+    return "studies:\n" + "\n".join(f"  {name:{width}s}  {page.QUESTION}"
+                                      for name, page in STUDIES.items())
 
 
 def redraw(args):
     """The figures of the chosen studies again, from their saved JSON: a change of plotting
     needs no second run of the training."""
-    names = STUDIES if args.study == "all" else [args.study]
-    for name in [n for n in names if hasattr(STUDIES[n], "draw")]:
+    for name in STUDIES if args.study == "all" else [args.study]:
         path = Path(args.out) / f"{name}.json"
         if not path.exists():
             sys.exit(f"error: {path} not found; run `python experiments.py {name}` first")
-        fig = STUDIES[name].draw(json.loads(path.read_text()))
-        Path(args.figures).mkdir(parents=True, exist_ok=True)
-        plot.save_figure(fig, Path(args.figures) / STUDIES[name].FIGURES[0])
-        print(f"redrew {Path(args.figures) / STUDIES[name].FIGURES[0]} from {path}")
+        for figure in save_figures(STUDIES[name], json.loads(path.read_text()), args.figures):
+            print(f"redrew {figure} from {path}")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=usage(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", choices=[*STUDIES, "all"])
     parser.add_argument("--data-dir", default="data", help="a folder holding MNIST/raw/")
     parser.add_argument("--device", choices=plumbing.DEVICES, default="auto")
@@ -88,21 +72,33 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.seeds is None:
         args.seeds = 1 if args.quick else 3
+    return args
+
+
+def run_studies(args):
+    """The studies that parse_args' `args` name, in this process: a problem raises
+    plumbing.SolverError, and no signal handler is touched (the tests call this)."""
     if args.threads:
         torch.set_num_threads(args.threads)   # recorded in each study's provenance
+    device = plumbing.pick_device(args.device)
+    data = solver.load_mnist(args.data_dir, device)
+    if args.quick:   # a slice of MNIST: seconds, not minutes
+        data = (data[0][:1200], data[1][:1200], data[2][:1000], data[3][:1000])
+    study = Study(args, data)
+    for name in STUDIES if args.study == "all" else [args.study]:
+        run_study(STUDIES[name], study)
+    print(f"experiments.py {args.study}{' --quick' if args.quick else ''}: "
+          f"{time.perf_counter() - study.start:.0f} s")
+
+
+def main(argv=None):
+    """`python experiments.py ...`: every failure a user can cause as one line (plumbing.py)."""
+    args = parse_args(argv)
     if args.redraw:
         redraw(args)
         return
     with plumbing.one_line_failures(lambda: f"the studies that finished are saved in {args.out}"):
-        device = plumbing.pick_device(args.device)
-        data = solver.load_mnist(args.data_dir, device)
-        if args.quick:   # a slice of MNIST: seconds, not minutes
-            data = (data[0][:1200], data[1][:1200], data[2][:1000], data[3][:1000])
-        study = Study(args, data)
-        for name in STUDIES if args.study == "all" else [args.study]:
-            STUDIES[name].run(study)
-        print(f"experiments.py {args.study}{' --quick' if args.quick else ''}: "
-              f"{time.perf_counter() - study.start:.0f} s")
+        run_studies(args)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def save_figure(fig, path):
 
 
 def run_label(history):
-    return registry.run_label(history["model"], history["norm"])
+    return solver.run_label(history["model"], history["norm"])
 
 
 def case_name(history):
@@ -64,9 +64,11 @@ def case_name(history):
 
 # ----------------------------------------------------------------------------- reading runs
 
+HISTORY_KEYS = tuple(solver.new_history("mlp", "none", 0, {}, "cpu"))   # history.json's keys
+
 def load_runs(run_dirs):
-    """(folder, history) per run, histories as written today (older ones upgraded); a folder
-    that is not a finished-epoch run of ours stops with one line."""
+    """(folder, history) per run; a folder that is not a finished-epoch run of ours stops with
+    one line."""
     runs = []
     for run_dir in run_dirs:
         path = Path(run_dir) / "history.json"
@@ -78,11 +80,8 @@ def load_runs(run_dirs):
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             sys.exit(f"error: {path} is not valid JSON ({error}); train that run again or leave "
                      "its folder out")
-        if isinstance(history, dict):
-            history = registry.upgraded(history)
-            missing = [key for key in registry.history_keys() if key not in history]
-        else:
-            missing = registry.history_keys()
+        missing = [key for key in HISTORY_KEYS
+                   if not isinstance(history, dict) or key not in history]
         if missing or history["model"] not in registry.MODEL_NAMES:
             why = ("it lacks " + ", ".join(missing) if missing
                    else "unknown model " + repr(history["model"]))

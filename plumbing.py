@@ -25,8 +25,6 @@ from pathlib import Path
 
 import torch
 
-import registry
-
 try:
     import fcntl   # POSIX; elsewhere runs are not locked
 except ImportError:
@@ -207,12 +205,17 @@ def claimed_out_dir(out):
 # ----------------------------------------------------------------------------- saving and resuming
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Signals belong to the command a user started: only inside one_line_failures (a script's or a
+# study's command line) are they held back or handled. Code called in-process (the tests, a
+# notebook) leaves every signal handler alone.
+_handling_signals = False
 
 
 @contextlib.contextmanager
 def stop_signals_held_back():
-    """Hold Ctrl-C (SIGINT) and SIGTERM that arrive inside the block; deliver them when it ends."""
-    if threading.current_thread() is not threading.main_thread():   # only it gets signals
+    """Hold Ctrl-C (SIGINT) and SIGTERM that arrive inside the block; deliver them when it ends.
+    Only in a command's process (one_line_failures); elsewhere the block just runs."""
+    if not _handling_signals or threading.current_thread() is not threading.main_thread():
         yield
         return
     arrived = []
@@ -279,7 +282,7 @@ def load_checkpoint(path, name, norm):
     except Exception as error:
         raise SolverError(f"--resume: {path} cannot be read ({type(error).__name__}); "
                           "delete it and start again") from None
-    saved_norm = registry.norm_of(checkpoint)   # a checkpoint from before `norm`: from `bn`
+    saved_norm = checkpoint.get("norm")
     if (checkpoint.get("model"), saved_norm) != (name, norm):
         raise SolverError(f"--resume: {path} holds a {checkpoint.get('model')} run with "
                           f"--norm {saved_norm}, not {name} with --norm {norm}; "
@@ -316,10 +319,13 @@ def one_line_failures(stop_message):
     """Map every failure a user can cause or choose to one line on stderr and an exit code.
 
     stop_message() says, after Ctrl-C, SIGTERM or a closed pipe, what was kept and how to go on.
+    Used by the command-line entry points only: it installs a SIGTERM handler for the process.
     """
+    global _handling_signals
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        _handling_signals = True
     try:
         yield
     except SolverError as error:
@@ -340,3 +346,4 @@ def one_line_failures(stop_message):
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+            _handling_signals = False

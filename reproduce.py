@@ -56,19 +56,19 @@ class Run:
         self.name, self.script = name, registry.model_script(name)
         self.flags = flags + (["--epochs", str(args.epochs)] if args.epochs else [])
         parsed = solver.parse_args(name, self.script.config, self.flags)
-        self.label = registry.run_label(name, parsed.norm)
-        self.out = registry.run_folder(name, parsed.norm, root=args.runs_dir)
+        self.label = solver.run_label(name, parsed.norm)
+        self.out = solver.run_folder(name, parsed.norm, root=args.runs_dir)
         self.config = solver.effective_config(self.script.config, parsed)
         self.command = ["python", f"{name}.py", *self.flags, "--data-dir", str(args.data_dir),
                         "--device", args.device, "--out", str(self.out)]
 
     def history(self):
-        """The run's history.json as written today (one from before `norm` upgraded), or None."""
+        """The run's history.json, or None."""
         try:
             history = json.loads((self.out / "history.json").read_text())
         except (OSError, ValueError):
             return None
-        return registry.upgraded(history) if isinstance(history, dict) else None
+        return history if isinstance(history, dict) else None
 
     def state(self):
         """'new', 'resume', 'done' or 'other' (the folder holds a run with another config)."""

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import plumbing
-import registry
 from batchnorm import NORMALIZATIONS
 from plumbing import non_negative_float, non_negative_int, positive_int
 
@@ -79,7 +78,7 @@ def parse_args(name, config, argv=None):
     if args.plain:
         args.lr_schedule, args.warmup_epochs, args.augment_shift = "constant", 0, 0
     if args.out is None:
-        args.out = str(registry.run_folder(name, args.norm))
+        args.out = str(run_folder(name, args.norm))
     return args
 
 
@@ -169,11 +168,16 @@ class InputProbe:
 
 # ----------------------------------------------------------------------------- one epoch
 def train_one_epoch(model, optimizer, train_set, config, epoch, generator, history,
-                    on_window=lambda iteration, model: None):
+                    on_window=None, on_step=None):
     """One pass over the training set in a fresh random order (epoch `epoch`, 0-based).
 
-    After every disp_freq steps (and the epoch's last), the window's mean loss and accuracy go
-    to history["train"], and on_window(iteration, model) is called."""
+    Two ways to watch it, both off by default:
+      on_step(iteration, model, optimizer, images, labels, loss): every step, after
+        loss.backward() and before optimizer.step(): the weights are this step's, every .grad
+        is the gradient of `loss` on exactly these (images, labels) (shifted, if shifts are on);
+      on_window(iteration, model): after every disp_freq steps (and the epoch's last), once the
+        window's mean loss and accuracy are in history["train"].
+    """
     model.train()
     train_x, train_y = train_set
     batch_size, disp_freq = config["batch_size"], config["disp_freq"]
@@ -191,6 +195,8 @@ def train_one_epoch(model, optimizer, train_set, config, epoch, generator, histo
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad()
         loss.backward()
+        if on_step is not None:
+            on_step(iteration, model, optimizer, images, labels, loss)
         optimizer.step()
         # Keep the numbers as tensors: reading them (.item()) each step would stall a GPU, and
         # the accuracy is counted once per window, over all of its steps' logits at once.
@@ -207,13 +213,16 @@ def train_one_epoch(model, optimizer, train_set, config, epoch, generator, histo
             history["train"]["iter"].append(iteration)
             history["train"]["loss"].append(mean_loss)
             history["train"]["acc"].append(accuracy)
-            on_window(iteration, model)
+            if on_window is not None:
+                on_window(iteration, model)
             window_loss, window_logits, window_labels = [], [], []
 
 
 @torch.inference_mode()
 def evaluate(model, images, labels, batch_size=EVAL_BATCH_SIZE):
-    """Mean cross-entropy per sample and accuracy (a fraction) over a whole split, in eval mode."""
+    """Mean cross-entropy per sample and accuracy (a fraction) over a whole split, in eval mode
+    (BN with its running estimates); every module is then put back in the mode it had."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     total_loss = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.int64)
@@ -222,14 +231,24 @@ def evaluate(model, images, labels, batch_size=EVAL_BATCH_SIZE):
         target = labels[start:start + batch_size]
         total_loss += F.cross_entropy(logits, target, reduction="sum")
         correct += (logits.argmax(dim=1) == target).sum()
+    for module, training in modes:
+        module.training = training
     return total_loss.item() / len(images), correct.item() / len(images)
 
 # ----------------------------------------------------------------------------- saving
+def run_label(model, norm):
+    """mlp, mlp_bn, cnn_ln, ...: a run's name in folders, figures and tables."""
+    return model if norm == "none" else f"{model}_{norm}"
+
+
+def run_folder(model, norm, root="runs"):
+    """Where `python <model>.py --norm <norm>` saves by default: runs/cnn, runs/cnn_bn, ..."""
+    return Path(root) / run_label(model, norm)
+
+
 def new_history(name, norm, params, config, device):
-    """history.json's content (registry.history_keys() lists its keys); `bn` is kept for the
-    tools that read histories written before `norm`, and the thread count because it changes
-    the last digits of a run."""
-    return {"model": name, "norm": norm, "bn": norm == "bn", "params": params, "config": config,
+    """history.json's content; the thread count too, because it changes the last digits."""
+    return {"model": name, "norm": norm, "params": params, "config": config,
             "device": str(device), "threads": torch.get_num_threads(),
             "train": {"iter": [], "loss": [], "acc": []},
             "test": {"epoch": [], "loss": [], "acc": []},
@@ -244,11 +263,11 @@ def save_run(out, history, activation, checkpoint):
 
 # ----------------------------------------------------------------------------- the epochs
 def train(model, optimizer, data, config, generator, history, first_epoch=0,
-          on_window=lambda iteration, model: None, on_epoch=lambda epoch, lr: None):
+          on_window=None, on_step=None, on_epoch=None):
     """Epochs first_epoch .. max_epoch - 1: set the rate, train, evaluate, extend `history`.
 
-    data: (train_x, train_y, test_x, test_y); on_window goes to train_one_epoch; on_epoch(epoch,
-    lr) is called with the 1-based number of each epoch as it finishes."""
+    data: (train_x, train_y, test_x, test_y); on_window and on_step go to train_one_epoch;
+    on_epoch(epoch, lr) is called with the 1-based number of each epoch as it finishes."""
     train_x, train_y, test_x, test_y = data
     for epoch in range(first_epoch, config["max_epoch"]):
         lr = learning_rate(config, epoch)
@@ -256,7 +275,7 @@ def train(model, optimizer, data, config, generator, history, first_epoch=0,
             group["lr"] = lr
         epoch_start = time.perf_counter()
         train_one_epoch(model, optimizer, (train_x, train_y), config, epoch, generator, history,
-                        on_window)
+                        on_window, on_step)
         if train_x.device.type == "cuda":
             torch.cuda.synchronize()   # so the epoch time is the GPU's work, not its queue
         history["epoch_time_s"].append(time.perf_counter() - epoch_start)
@@ -266,22 +285,32 @@ def train(model, optimizer, data, config, generator, history, first_epoch=0,
         history["test"]["acc"].append(test_acc)
         history["train_time_s"] = sum(history["epoch_time_s"])
         history["best_test_acc"] = max(history["test"]["acc"])
-        on_epoch(epoch + 1, lr)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, lr)
     return history
 
 
 def run(name, build_model, config, argv=None):
-    """Parse the command line, train, save after every epoch; exit cleanly on known failures.
+    """`python <name>.py ...`: parse the command line and train, with every failure a user can
+    cause (a bad value, Ctrl-C, SIGTERM) as one line and an exit code (plumbing.py).
 
     build_model(norm) gives the network with the normalization that config["norm"] (or
     --norm, --bn, --no-bn) names."""
     args = parse_args(name, config, argv)
-    out = Path(args.out)
-    stop_message = plumbing.run_stop_message(out, f"{name}.py", argv, args.resume)
+    stop_message = plumbing.run_stop_message(Path(args.out), f"{name}.py", argv, args.resume)
     with plumbing.one_line_failures(stop_message):
-        device = plumbing.pick_device(args.device)   # a wrong --device leaves no trace
-        with plumbing.claimed_out_dir(out):          # one run at a time in a folder
-            _run(name, build_model, effective_config(config, args), args, out, device)
+        train_run(name, build_model, config, args)
+
+
+def train_run(name, build_model, config, args):
+    """The run that parse_args' `args` describe, saved after every epoch into args.out.
+
+    What `run` does without the command line's failure handling: a problem raises
+    plumbing.SolverError, and no signal handler is touched (tests call this in-process)."""
+    out = Path(args.out)
+    device = plumbing.pick_device(args.device)   # a wrong --device leaves no trace
+    with plumbing.claimed_out_dir(out):          # one run at a time in a folder
+        _run(name, build_model, effective_config(config, args), args, out, device)
 
 
 def _run(name, build_model, config, args, out, device):
@@ -305,7 +334,7 @@ def _run(name, build_model, config, args, out, device):
         optimizer.load_state_dict(checkpoint["optimizer_state"])
         generator.set_state(checkpoint["shuffle_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
-        history, probe.record = registry.upgraded(checkpoint["history"]), checkpoint["activation"]
+        history, probe.record = checkpoint["history"], checkpoint["activation"]
         first_epoch, history["config"] = checkpoint["epoch"], config
         history["threads"] = torch.get_num_threads()
         print(f"resuming {out} after epoch {first_epoch}")
@@ -322,7 +351,7 @@ def _run(name, build_model, config, args, out, device):
 
     def save_epoch(epoch, lr):
         save_run(out, history, probe.record, {
-            "model": name, "norm": norm, "bn": norm == "bn", "epoch": epoch,
+            "model": name, "norm": norm, "epoch": epoch,
             "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
             "shuffle_rng": generator.get_state(), "torch_rng": torch.get_rng_state(),
             "history": history, "activation": probe.record})
@@ -330,7 +359,8 @@ def _run(name, build_model, config, args, out, device):
         print(f"epoch {epoch:3d}  test loss {test['loss'][-1]:.4f}  acc {test['acc'][-1]:.4f}  "
               f"lr {lr:.4g}  epoch time {history['epoch_time_s'][-1]:.1f}s", flush=True)
 
-    train(model, optimizer, data, config, generator, history, first_epoch, log_window, save_epoch)
+    train(model, optimizer, data, config, generator, history, first_epoch,
+          on_window=log_window, on_epoch=save_epoch)
     if history["test"]["acc"]:
         print(f"done: final test accuracy {history['test']['acc'][-1]:.4f} (best "
               f"{history['best_test_acc']:.4f}), training time {history['train_time_s']:.0f}s, "

@@ -1,6 +1,26 @@
-"""What every study shares: the data, the seeds, training through solver.py's loop, the one
-failure rule (`outcome`), provenance, the small tables, saving a study's JSON and figure in the
-repository's one figure style (plot.py's), and drawing a mean over seeds with their range."""
+"""What every study shares: the form of a study page and the one runner of it (`run_study`),
+the data, the seeds, training through solver.py's loop, the one failure rule (`outcome`),
+provenance, the small tables, saving a study's JSON and figures in the repository's one figure
+style (plot.py's), drawing a mean over seeds with their range, and leaving a model as it was.
+
+A study page (studies/<page>.py) is a module with:
+
+    NAME                          the study's name on the command line (`experiments.py NAME`)
+    QUESTION                      what it asks, in one line (experiments.py's --help lists it)
+    FIGURES                       the files it draws into --figures, in draw()'s order
+    trainings(study) -> [job]     its trainings, each one independent of the others: a dict of
+                                  JSON values naming its setting, arm and seed
+    train_one(study, job) -> dict one training and its measurements, as JSON values
+    assemble(study, jobs, results) -> dict
+                                  the study's JSON from every job and its result (in order);
+                                  `run_study` adds the provenance
+    table(results) -> str         its Markdown table(s), from that JSON
+    draw(results) -> [Figure]     its figures, from that JSON, in FIGURES' order
+
+`run_study(page, study)` runs the jobs, saves <out>/<NAME>.json, prints the table and draws the
+figures; `--redraw` calls draw() alone. Nothing passes from one job to another but the data.
+"""
+import contextlib
 import math
 import platform
 import shlex
@@ -64,6 +84,7 @@ def provenance(seeds):
 
 
 def norm_of(bn):
+    """The --norm name of a network with (bn=True) or without BN."""
     return "bn" if bn else "none"
 
 
@@ -99,53 +120,108 @@ class Study:
         torch.manual_seed(self.seed if seed is None else seed)
         return build().to(self.device)
 
-    def fit(self, model, config, on_window=lambda iteration, model: None,
-            on_epoch=lambda epoch, lr: None, data=None, seed=None):
-        """Train the model with solver.train; returns (history, diverged): diverged is True
-        where a non-finite loss stopped it. The batch order comes from `seed` (default --seed).
-        `train` below adds the verdict of the failure rule."""
+    def fit(self, model, config, on_window=None, on_step=None, on_epoch=None, data=None,
+            seed=None):
+        """Train the model with solver.train, watched through its callbacks (on_step,
+        on_window, on_epoch: see solver.train_one_epoch); returns (history, diverged): diverged
+        is True where a non-finite loss stopped it. The batch order comes from `seed` (default
+        --seed). `train` below adds the verdict of the failure rule."""
         optimizer = solver.make_optimizer(model, config)
         generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
         history = solver.new_history("experiment", config.get("norm"), 0, config, self.device)
         try:
             solver.train(model, optimizer, data or self.data, config, generator, history,
-                         on_window=on_window, on_epoch=on_epoch)
+                         on_window=on_window, on_step=on_step, on_epoch=on_epoch)
         except plumbing.Diverged:
             return history, True
         return history, False
 
-    def progress(self, study, setting, result):
-        print(f"{study:10s} {setting:34s} {result:40s} "
+    def progress(self, study, setting, result, count=""):
+        print(f"{study:10s} {setting:34s} {result:24s} {count:>7s} "
               f"{time.perf_counter() - self.start:7.1f}s", flush=True)
 
-    def train(self, model, config, seed, on_window=lambda iteration, model: None, data=None):
+    def train(self, model, config, seed, on_window=None, on_step=None, data=None):
         """Train the model with solver.train under the studies' one failure rule; returns
         (history, outcome label, final test accuracy or None). `seed` orders the batches."""
-        history, diverged = self.fit(model, config, on_window=on_window, data=data, seed=seed)
+        history, diverged = self.fit(model, config, on_window=on_window, on_step=on_step,
+                                     data=data, seed=seed)
         last_loss = math.nan if diverged else history["train"]["loss"][-1]
         test_x, test_y = (data or self.data)[2:]
         label, acc = outcome(model, test_x, test_y, last_loss)
         return history, label, acc
 
-    def save(self, study, results, fig, figure_name):
-        """<out>/<study>.json and the figure, into --figures, in plot.py's style."""
-        out = Path(self.args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        plumbing.save_files({out / f"{study}.json": plumbing.json_writer(results)})
-        self.save_figure(fig, figure_name)
 
-    def save_figure(self, fig, figure_name):
-        """One figure into --figures (a study with two saves its second this way)."""
-        figures = Path(self.args.figures)
-        figures.mkdir(parents=True, exist_ok=True)
-        plot.save_figure(fig, figures / figure_name)
+# ----------------------------------------------------------------------------- the runner
+
+def run_study(page, study):
+    """Every training of a study page, one after another, then its JSON, table and figures."""
+    jobs = page.trainings(study)
+    results = []
+    for done, job in enumerate(jobs, start=1):
+        results.append(page.train_one(study, job))
+        study.progress(page.NAME, describe_job(job), summarize(results[-1]),
+                       f"{done}/{len(jobs)}")
+    record = {"provenance": provenance(study.seeds), **page.assemble(study, jobs, results)}
+    out = Path(study.args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plumbing.save_files({out / f"{page.NAME}.json": plumbing.json_writer(record)})
+    print(page.table(record))
+    save_figures(page, record, study.args.figures)
+    return record
 
 
-def accuracy(model, images, labels):
-    """Test accuracy in eval mode; the model is put back into training mode afterwards."""
-    acc = solver.evaluate(model, images, labels)[1]
-    model.train()
-    return acc
+def save_figures(page, record, figures):
+    """A study's figures from its JSON, into the folder `figures`, in plot.py's style."""
+    figures = Path(figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    for fig, name in zip(page.draw(record), page.FIGURES, strict=True):
+        plot.save_figure(fig, figures / name)
+    return [figures / name for name in page.FIGURES]
+
+
+def describe_job(job):
+    """"mlp, bn, lr 0.1, seed 0": a job's settings, for the progress line."""
+    return ", ".join(f"{value}" if key in ("network", "arm") else f"{key} {value}"
+                     for key, value in job.items())
+
+
+def summarize(result):
+    """The progress line's verdict of one training: its outcome and test accuracy, if any."""
+    acc = result.get("test_acc")
+    return " ".join(filter(None, [result.get("outcome"),
+                                  f"{acc:.2%}" if isinstance(acc, float) else None]))
+
+
+# ----------------------------------------------------------------------------- models
+
+@contextlib.contextmanager
+def preserved(model):
+    """Inside the block, measure freely: afterwards the model is exactly as it was, its
+    parameters, buffers (BN's running estimates and counters) and each module's mode."""
+    saved = [(t, t.detach().clone()) for t in [*model.parameters(), *model.buffers()]]
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for tensor, copy in saved:
+                tensor.copy_(copy)
+        for module, training in modes:
+            module.training = training
+
+
+@torch.no_grad()
+def module_input(model, module, images):
+    """The input `module` gets when the model is run on `images` in its current mode; the
+    model, BN's running estimates included, is left as it was."""
+    seen = {}
+    hook = module.register_forward_pre_hook(lambda m, inputs: seen.update(x=inputs[0]))
+    try:
+        with preserved(model):
+            model(images)
+    finally:
+        hook.remove()
+    return seen["x"]
 
 
 def mlp_with(bn):
@@ -189,45 +265,53 @@ def draw_over_seeds(ax, x, per_seed, outcomes, color, label, fmt="o-", floor=0.0
                        clip_on=False, label=f"{kind} ({label})")
 
 
-def print_table(header, rows):
-    print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
-    for row in rows:
-        print("| " + " | ".join(str(cell) for cell in row) + " |")
-    print()
+def markdown_table(header, rows):
+    """A Markdown table: a header row, then one row per item of `rows`."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- sweeps (lr, init)
 
-def sweep(study, name, key, values, make, measure=None):
-    """Train make(bn, value) -> (build, config) at every value and seed, without BN then with BN.
+ARMS = ("no_bn", "bn")   # a job's "arm" in the sweeps: without BN, with BN
 
-    Returns {"no_bn": [...], "bn": [...]}: per value {key: value, "outcome": [...],
-    "test_acc": [...]}, lists in seed order (test_acc None where the loss diverged), and, if
-    measure(model) is given, "measured": [...] its result on each trained model (None where the
-    loss diverged)."""
-    results = {"no_bn": [], "bn": []}
-    for bn in (False, True):
-        for value in values:
-            point = {key: value, "outcome": [], "test_acc": []}
-            if measure:
-                point["measured"] = []
-            for seed in study.seeds:
-                build, config = make(bn, value)
-                model = study.model(build, seed)
-                _, verdict, acc = study.train(model, config, seed)
-                point["outcome"].append(verdict)
-                point["test_acc"].append(acc)
-                if measure:
-                    point["measured"].append(None if verdict == "diverged" else measure(model))
-            results["bn" if bn else "no_bn"].append(point)
-            study.progress(name, f"{label(bn)}, {key} {value:g}",
-                           f"{show_seeds(point['test_acc'])} {' '.join(point['outcome'])}")
-    return results
+
+def sweep_trainings(study, key, values, **fixed):
+    """The jobs of a sweep (lr, init): every value at every seed, without BN, then with BN."""
+    return [{**fixed, "arm": arm, key: value, "seed": seed}
+            for arm in ARMS for value in values for seed in study.seeds]
+
+
+def sweep_train_one(study, job, make, measure=None):
+    """One job of a sweep: make(bn, job) -> (build, config), trained under the failure rule;
+    {"outcome", "test_acc"} (None where the loss diverged) and, if measure(model) is given,
+    "measured": its result on the trained model (None where the loss diverged)."""
+    build, config = make(job["arm"] == "bn", job)
+    model = study.model(build, job["seed"])
+    _, verdict, acc = study.train(model, config, job["seed"])
+    result = {"outcome": verdict, "test_acc": acc}
+    if measure:
+        result["measured"] = None if verdict == "diverged" else measure(model)
+    return result
+
+
+def sweep_assemble(jobs, results, key, **fixed):
+    """{"no_bn": [...], "bn": [...]} of the jobs whose settings include `fixed`: per value
+    {key: value, "outcome": [...], "test_acc": [...] (and "measured")}, lists in seed order."""
+    assembled = {arm: {} for arm in ARMS}
+    for job, result in zip(jobs, results):
+        if any(job.get(k) != v for k, v in fixed.items()):
+            continue
+        point = assembled[job["arm"]].setdefault(job[key], {key: job[key]})
+        for name, value in result.items():
+            point.setdefault(name, []).append(value)
+    return {arm: list(points.values()) for arm, points in assembled.items()}
 
 
 def draw_sweep(ax, results, key, xlabel, ylabel, title, value="test_acc"):
     """Accuracy against the swept value, mean over seeds with their range; failed and diverged
-    runs as markers at the bottom. Prints the table too."""
+    runs as markers at the bottom."""
     for bn in (False, True):
         points = results["bn" if bn else "no_bn"]
         draw_over_seeds(ax, [p[key] for p in points], [p[value] for p in points],
@@ -235,7 +319,11 @@ def draw_sweep(ax, results, key, xlabel, ylabel, title, value="test_acc"):
                         nudge=1.15 if bn else 1 / 1.15)
     ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, title=title, ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
-    print_table([key, "without BN", "with BN"],
-                [(f"{a[key]:g}", f"{show_seeds(a[value])} {' '.join(a['outcome'])}",
-                  f"{show_seeds(b[value])} {' '.join(b['outcome'])}")
-                 for a, b in zip(results["no_bn"], results["bn"])])
+
+
+def sweep_table(results, key, value="test_acc"):
+    """A sweep's Markdown table: per value, each arm's mean (range) and its seeds' outcomes."""
+    return markdown_table([key, "without BN", "with BN"],
+                          [(f"{a[key]:g}", f"{show_seeds(a[value])} {' '.join(a['outcome'])}",
+                            f"{show_seeds(b[value])} {' '.join(b['outcome'])}")
+                           for a, b in zip(results["no_bn"], results["bn"])])

@@ -9,8 +9,11 @@ from torch import nn
 
 import mlp
 from batchnorm import norm_layers
-from studies.common import draw_sweep, norm_of, provenance, sweep
+from studies.common import (draw_sweep, norm_of, sweep_assemble, sweep_table, sweep_train_one,
+                            sweep_trainings)
 
+NAME = "init"
+QUESTION = "initialisation scale, as in CS231n's assignment"
 FIGURES = ("init_scale.png",)
 NETWORKS = {"mlp": (784, 128, 64), "deep": (784, *[50] * 7)}   # the widths before the output
 
@@ -60,20 +63,35 @@ def train_accuracy(train_x, train_y):
     return measure
 
 
-def run(study):
-    """Train and test accuracy after one epoch against the initial weight scale s."""
-    scales = ([1e-4, 1e-2, 1.0, 10.0] if study.quick
-              else [float(f"{10 ** (k / 2):.3g}") for k in range(-8, 3)])   # 1e-4 .. 10
-    measure = train_accuracy(*study.data[:2])
-    results = {"provenance": provenance(study.seeds), "scales": scales,
-               "rule": "every linear weight N(0, s^2), one epoch, constant lr 0.1, batch 100",
-               "networks": {}}
-    for name, widths in NETWORKS.items():
-        make = lambda bn, scale: (scaled_init(name, bn, scale), study.config())
-        results["networks"][name] = {"widths": list(widths), **default_scales(widths),
-                                     **sweep(study, f"init {name}", "scale", scales, make,
-                                             measure)}
-    study.save("init", results, draw(results), FIGURES[0])
+def scales(study):
+    return ([1e-4, 1e-2, 1.0, 10.0] if study.quick
+            else [float(f"{10 ** (k / 2):.3g}") for k in range(-8, 3)])   # 1e-4 .. 10
+
+
+def trainings(study):
+    """Both networks, every scale s, each without and with BN, at every seed."""
+    return [job for name in NETWORKS
+            for job in sweep_trainings(study, "scale", scales(study), network=name)]
+
+
+def train_one(study, job):
+    """Train and test accuracy after one epoch from every weight ~ N(0, s^2)."""
+    make = lambda bn, job: (scaled_init(job["network"], bn, job["scale"]), study.config())
+    return sweep_train_one(study, job, make, measure=train_accuracy(*study.data[:2]))
+
+
+def assemble(study, jobs, results):
+    return {"scales": scales(study),
+            "rule": "every linear weight N(0, s^2), one epoch, constant lr 0.1, batch 100",
+            "networks": {name: {"widths": list(widths), **default_scales(widths),
+                                **sweep_assemble(jobs, results, "scale", network=name)}
+                         for name, widths in NETWORKS.items()}}
+
+
+def table(results):
+    return "\n".join(f"{name}, train accuracy:\n\n{sweep_table(record, 'scale', 'measured')}\n"
+                     f"{name}, test accuracy:\n\n{sweep_table(record, 'scale')}"
+                     for name, record in results["networks"].items())
 
 
 def draw(results):
@@ -91,4 +109,4 @@ def draw(results):
                        value=value)
     axes[0][1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle("Initialisation scale (CS231n's experiment); band: range over seeds")
-    return fig
+    return [fig]

@@ -2,21 +2,39 @@
 on a grid of rates 10^(1/4) apart, so that each failure edge is pinned to a factor of 1.8."""
 import matplotlib.pyplot as plt
 
-from studies.common import draw_sweep, mlp_with, provenance, sweep
+from studies.common import (draw_sweep, mlp_with, sweep_assemble, sweep_table, sweep_train_one,
+                            sweep_trainings)
 
+NAME = "lr"
+QUESTION = "learning-rate robustness, with and without BN"
 FIGURES = ("lr_robustness.png",)
 RATES = [float(f"{10 ** (k / 4):.3g}") for k in range(-8, 7)]   # 0.01 .. 31.6, 10^(1/4) apart
 QUICK_RATES = [0.01, 0.1, 1.0, 10.0, 31.6]
 
 
-def run(study):
-    """Final test accuracy against a constant learning rate, the same budget for each."""
-    rates = QUICK_RATES if study.quick else RATES
-    epochs = 3 if study.quick else 2   # quick: 3 passes over a slice, so the failures show
-    make = lambda bn, lr: (mlp_with(bn), study.config(learning_rate=lr, max_epoch=epochs))
-    results = {"provenance": provenance(study.seeds), "rates": rates, "epochs": epochs,
-               **sweep(study, "lr", "lr", rates, make)}
-    study.save("lr", results, draw(results), FIGURES[0])
+def settings(study):
+    """(rates, epochs): quick: 3 passes over a slice, so that the failures show."""
+    return (QUICK_RATES, 3) if study.quick else (RATES, 2)
+
+
+def trainings(study):
+    return sweep_trainings(study, "lr", settings(study)[0])
+
+
+def train_one(study, job):
+    """The MLP at a constant rate job["lr"] for the study's epochs, the same budget for each."""
+    epochs = settings(study)[1]
+    make = lambda bn, job: (mlp_with(bn), study.config(learning_rate=job["lr"], max_epoch=epochs))
+    return sweep_train_one(study, job, make)
+
+
+def assemble(study, jobs, results):
+    rates, epochs = settings(study)
+    return {"rates": rates, "epochs": epochs, **sweep_assemble(jobs, results, "lr")}
+
+
+def table(results):
+    return sweep_table(results, "lr")
 
 
 def draw(results):
@@ -26,4 +44,4 @@ def draw(results):
                f"test accuracy after {results['epochs']} epoch(s)",
                "MLP 784-128-64-10: learning-rate robustness (band: range over seeds)")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    return fig
+    return [fig]

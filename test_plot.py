@@ -6,26 +6,23 @@ import torch
 
 import mlp
 import plot
-import registry
+import solver
 
 
-def synthetic_history(bn, crosses_90_at, written_before_norm=False):
-    """A run whose windowed train accuracy first reaches 0.90 at iteration `crosses_90_at`;
-    written_before_norm: as history.json was before `norm` and `threads` (only `bn`)."""
+def synthetic_history(bn, crosses_90_at):
+    """A run whose windowed train accuracy first reaches 0.90 at iteration `crosses_90_at`."""
     iters = list(range(50, 1001, 50))
     acc = [0.5 + 0.4 * min(1.0, it / crosses_90_at) - (0.001 if it < crosses_90_at else 0)
            for it in iters]
     acc = [min(a, 0.97) for a in acc]
     norm = "bn" if bn else "none"
     history = {
-        "model": "mlp", "norm": norm, "bn": bn, "params": 109_568 if bn else 109_184,
+        "model": "mlp", "norm": norm, "params": 109_568 if bn else 109_184,
         "config": {"disp_freq": 50, "norm": norm}, "device": "cpu", "threads": 2,
         "train": {"iter": iters, "loss": [1 / it for it in iters], "acc": acc},
         "test": {"epoch": [1, 2], "loss": [0.2, 0.1], "acc": [0.95, 0.96]},
         "epoch_time_s": [40.0, 45.5], "train_time_s": 85.5, "best_test_acc": 0.96,
     }
-    if written_before_norm:
-        del history["norm"], history["threads"], history["config"]["norm"]
     return history
 
 
@@ -36,13 +33,12 @@ SYNTHETIC_ACTIVATION = {"layer": "input of the first ReLU", "unit": 0,
 
 @pytest.fixture
 def two_runs(tmp_path):
-    """mlp with BN, written today, and mlp without BN, written before `norm` existed: plot.py
-    takes both."""
+    """mlp with BN and mlp without BN."""
     dirs = []
     for bn, crossing in ((True, 300), (False, 700)):
         run_dir = tmp_path / f"mlp{'_bn' if bn else ''}"
         run_dir.mkdir()
-        history = synthetic_history(bn, crossing, written_before_norm=not bn)
+        history = synthetic_history(bn, crossing)
         (run_dir / "history.json").write_text(json.dumps(history))
         (run_dir / "activation.json").write_text(json.dumps(SYNTHETIC_ACTIVATION))
         torch.manual_seed(0)
@@ -59,19 +55,11 @@ def test_converge_iteration_finds_the_first_crossing():
     assert plot.converge_iteration(synthetic_history(False, 700), 0.90) == 700
 
 
-def test_a_history_from_before_norm_is_read_as_today():
-    old = synthetic_history(True, 300, written_before_norm=True)
-    upgraded = registry.upgraded(old)
-    assert upgraded["norm"] == upgraded["config"]["norm"] == "bn" and upgraded["threads"] is None
-    assert registry.upgraded(synthetic_history(True, 300)) == synthetic_history(True, 300)
-    assert registry.norm_of(synthetic_history(False, 700, written_before_norm=True)) == "none"
-
-
 def test_run_names_and_folders():
-    assert [registry.run_label("cnn", norm) for norm in ("none", "bn", "gn")] == [
+    assert [solver.run_label("cnn", norm) for norm in ("none", "bn", "gn")] == [
         "cnn", "cnn_bn", "cnn_gn"]
-    assert str(registry.run_folder("resnet", "bn")) == "runs/resnet_bn"
-    assert set(registry.history_keys()) == set(synthetic_history(True, 300))
+    assert str(solver.run_folder("resnet", "bn")) == "runs/resnet_bn"
+    assert set(plot.HISTORY_KEYS) == set(synthetic_history(True, 300))
 
 
 def test_table_has_the_reports_columns():
@@ -104,7 +92,7 @@ def test_plot_without_runs_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("content, message", [
     ("{broken", "is not valid JSON"),
-    ('{"model": "mlp"}', "it lacks bn, params"),
+    ('{"model": "mlp"}', "it lacks norm, params"),
     ("[1, 2]", "it lacks model"),
     (json.dumps(dict(synthetic_history(True, 300), model="os")), "unknown model 'os'"),
 ])

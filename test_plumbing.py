@@ -1,7 +1,11 @@
 """plumbing.py and every failure a student can cause on the command line: bad values, a missing
 device, missing or damaged MNIST, an unwritable or busy --out, divergence, a mismatched
 checkpoint, Ctrl-C, SIGTERM, a closed pipe and a save that fails. Each ends in one line and
-an exit code, and keeps what was finished."""
+an exit code, and keeps what was finished.
+
+In this process the runs go through solver.train_run, which raises plumbing.SolverError and
+touches no signal handler; what the command line makes of a failure (one line, an exit code,
+signals) is tested in real subprocesses, one per behaviour."""
 import errno
 import json
 import os
@@ -19,6 +23,17 @@ import torchvision
 import plumbing
 import solver
 
+DEADLINE_S = 120   # a wait for a subprocess fails after this
+
+
+def failure(call):
+    """The message of the SolverError that call() raises: one line, as the command prints it."""
+    with pytest.raises(plumbing.SolverError) as stop:
+        call()
+    message = str(stop.value)
+    assert "\n" not in message
+    return message
+
 
 @pytest.mark.parametrize("flags", [
     ["--epochs", "0"], ["--batch-size", "-5"], ["--disp-freq", "0"], ["--lr", "-0.1"],
@@ -34,39 +49,44 @@ def test_invalid_values_are_usage_errors(flags, capsys, tmp_path, train, exit_co
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])
 def test_asking_for_a_device_the_machine_lacks_is_one_clear_line(
-        device, monkeypatch, capsys, tmp_path, train, exit_code_and_stderr):
+        device, monkeypatch, tmp_path, train):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    code, err = exit_code_and_stderr(lambda: train("mlp", tmp_path, tmp_path / "out", "--device", device))
-    assert code == 1
+    err = failure(lambda: train("mlp", tmp_path, tmp_path / "out", "--device", device))
     assert f"--device {device} was asked for" in err and "--device cpu" in err
-    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_flag_from_the_command_line_has_no_traceback(repo):
     result = subprocess.run([sys.executable, "mlp.py", "--momentum", "1.5"], cwd=repo,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=DEADLINE_S)
     assert result.returncode == 2
     assert "must be in [0, 1)" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_mnist_without_network_names_folder_and_files(
-        tmp_path, capsys, monkeypatch, train, exit_code_and_stderr):
+def test_a_failure_on_the_command_line_is_one_line_and_exit_1(repo, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = subprocess.run([sys.executable, "mlp.py", "--out", str(blocker / "run")], cwd=repo,
+                            capture_output=True, text=True, timeout=DEADLINE_S)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot write to --out")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_missing_mnist_without_network_names_folder_and_files(tmp_path, monkeypatch, train):
     def no_network(self):
         raise urllib.error.URLError("no network")
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_network)
-    code, err = exit_code_and_stderr(lambda: train("mlp", tmp_path / "empty", tmp_path / "out"))
-    assert code == 1
+    err = failure(lambda: train("mlp", tmp_path / "empty", tmp_path / "out"))
     assert str(tmp_path / "empty" / "MNIST" / "raw") in err
     for filename in plumbing.MNIST_FILES:
         assert filename in err
-    assert "--data-dir" in err and len(err.strip().splitlines()) == 1
+    assert "--data-dir" in err
 
 
 @pytest.mark.parametrize("damage", ["truncate", "bad_header"])
-def test_corrupted_data_file_is_named(
-        tiny_mnist, tmp_path, capsys, damage, train, exit_code_and_stderr):
+def test_corrupted_data_file_is_named(tiny_mnist, tmp_path, damage, train):
     data = tmp_path / "data"
     raw = data / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -75,26 +95,21 @@ def test_corrupted_data_file_is_named(
     victim = raw / "t10k-images-idx3-ubyte"
     content = victim.read_bytes()
     victim.write_bytes(content[:-100] if damage == "truncate" else b"GARBAGE!" + content[8:])
-    code, err = exit_code_and_stderr(lambda: train("mlp", data, tmp_path / "out"))
-    assert code == 1 and str(victim) in err and "Traceback" not in err
+    assert str(victim) in failure(lambda: train("mlp", data, tmp_path / "out"))
 
 
-def test_unwritable_out_fails_before_training(
-        tiny_mnist, tmp_path, capsys, train, exit_code_and_stderr):
+def test_unwritable_out_fails_before_training(tiny_mnist, tmp_path, capsys, train):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    code, err = exit_code_and_stderr(lambda: train("mlp", tiny_mnist, blocker / "run"))
-    assert code == 1 and "cannot write to --out" in err
+    assert "cannot write to --out" in failure(lambda: train("mlp", tiny_mnist, blocker / "run"))
     assert "epoch" not in capsys.readouterr().out
 
 
-def test_divergence_stops_with_message_and_keeps_finished_epochs(
-        tiny_mnist, tmp_path, capsys, train, exit_code_and_stderr):
+def test_divergence_stops_with_message_and_keeps_finished_epochs(tiny_mnist, tmp_path, train):
     train("mlp", tiny_mnist, tmp_path, "--epochs", "1", "--batch-size", "30")
     before = (tmp_path / "history.json").read_text()
-    code, err = exit_code_and_stderr(lambda: train(
+    err = failure(lambda: train(
         "mlp", tiny_mnist, tmp_path, "--epochs", "3", "--batch-size", "30", "--lr", "1e30", "--resume"))
-    assert code == 1
     assert "training diverged at iteration" in err and "try a smaller --lr" in err
     iteration = int(err.split("iteration ")[1].split()[0])
     assert iteration > 10                     # epoch 1 (10 steps) was fine
@@ -107,12 +122,11 @@ def test_divergence_stops_with_message_and_keeps_finished_epochs(
     (("mlp", ["--bn"]), ("mlp", []), "with --norm bn, not mlp with --norm none"),
 ])
 def test_resume_refuses_missing_or_mismatched_checkpoint(
-        tiny_mnist, tmp_path, capsys, first, second, message, train, exit_code_and_stderr):
+        tiny_mnist, tmp_path, first, second, message, train):
     if first:
         train(first[0], tiny_mnist, tmp_path, "--epochs", "1", "--batch-size", "50", *first[1])
-    code, err = exit_code_and_stderr(lambda: train(
+    assert message in failure(lambda: train(
         second[0], tiny_mnist, tmp_path, "--epochs", "2", "--batch-size", "50", "--resume", *second[1]))
-    assert code == 1 and message in err
 
 
 def start_endless_runs(repo, data_dir, outs, *flags):
@@ -122,9 +136,13 @@ def start_endless_runs(repo, data_dir, outs, *flags):
         [sys.executable, "cnn.py", "--data-dir", str(data_dir), "--out", str(out),
          "--epochs", "100000", "--batch-size", "10", *flags],
         cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for out in outs]
-    deadline = time.time() + 120
-    while not all((out / "history.json").exists() for out in outs) and time.time() < deadline:
-        time.sleep(0.2)
+    deadline = time.monotonic() + DEADLINE_S
+    while not all((out / "history.json").exists() for out in outs):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+            for process in processes:
+                process.kill()
+            pytest.fail(f"no first epoch saved by every run within {DEADLINE_S} s")
+        time.sleep(0.05)
     return processes
 
 
@@ -141,7 +159,7 @@ def test_ctrl_c_or_sigterm_keeps_last_epoch_and_says_how_to_go_on(tiny_mnist, tm
     for process, (stop, _, _) in zip(processes, stops):
         process.send_signal(stop)
     for process, out, (_, code, word) in zip(processes, outs, stops):
-        _, err = process.communicate(timeout=60)
+        _, err = process.communicate(timeout=DEADLINE_S)
         assert process.returncode == code
         assert "Traceback" not in err and "python cnn.py --data-dir" in err
         assert err.rstrip().endswith("--resume")
@@ -158,7 +176,7 @@ def test_closed_log_pipe_stops_cleanly_and_keeps_finished_epochs(tiny_mnist, tmp
     process = start_endless_run(repo, tiny_mnist, out, "--disp-freq", "1")
     process.stdout.close()
     err = process.stderr.read()
-    assert process.wait(timeout=60) == 1
+    assert process.wait(timeout=DEADLINE_S) == 1
     assert "Traceback" not in err and "Exception ignored" not in err
     assert "reader closed" in err and err.rstrip().endswith("--resume")
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -173,21 +191,26 @@ def test_stop_message_says_whether_there_is_anything_to_resume(tmp_path):
         "python mlp.py --resume")
 
 
-def test_ctrl_c_between_the_two_files_still_saves_both(
-        tiny_mnist, tmp_path, capsys, monkeypatch, train, exit_code_and_stderr):
-    # Ctrl-C pressed right after history.json is written, before checkpoint.pt: the checkpoint
-    # must still be written, so both files describe the same epoch and --resume stays exact.
+CTRL_C_MID_SAVE_PROGRAM = textwrap.dedent("""
+    import os, signal, sys, mlp, plumbing, solver
     write_file = plumbing.write_temporary
-
-    def write_then_press_ctrl_c(path, write):
+    def write_then_press_ctrl_c(path, write):   # Ctrl-C right after history.json is written
         write_file(path, write)
         if path.name == "history.json.tmp":
             os.kill(os.getpid(), signal.SIGINT)
+    plumbing.write_temporary = write_then_press_ctrl_c
+    solver.run("mlp", mlp.build_model, mlp.config, sys.argv[1:])
+""")
 
-    monkeypatch.setattr(plumbing, "write_temporary", write_then_press_ctrl_c)
-    code, err = exit_code_and_stderr(lambda: train("mlp", tiny_mnist, tmp_path, "--epochs", "3",
-                                                           "--batch-size", "50"))
-    assert code == 130 and "interrupted" in err
+
+def test_ctrl_c_between_the_two_files_still_saves_both(tiny_mnist, tmp_path, repo):
+    # Ctrl-C pressed right after history.json is written, before checkpoint.pt: the checkpoint
+    # must still be written, so both files describe the same epoch and --resume stays exact.
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_MID_SAVE_PROGRAM, "--data-dir", str(tiny_mnist),
+         "--out", str(tmp_path), "--epochs", "3", "--batch-size", "50", "--device", "cpu"],
+        cwd=repo, capture_output=True, text=True, timeout=DEADLINE_S)
+    assert result.returncode == 130 and "interrupted" in result.stderr
     history = json.loads((tmp_path / "history.json").read_text())
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == history["test"]["epoch"][-1] == 1
@@ -220,7 +243,7 @@ def test_freed_tensor_memory_stays_in_the_heap_for_reuse(mode, repo):
     # again (docs/performance-notes.md counts the faults; their number varies from run to run,
     # so the test checks the mechanism, which does not).
     result = subprocess.run([sys.executable, "-c", MALLINFO_PROGRAM, mode], capture_output=True, text=True,
-                            cwd=repo, check=True)
+                            cwd=repo, check=True, timeout=DEADLINE_S)
     memory = json.loads(result.stdout)
     if mode == "keep":   # taken from the heap, and after the free its 16 MB lie there for the next tensor
         assert memory["mmapped"] == 0 and memory["heap_free_after"] >= 16 * 2**20
@@ -233,16 +256,14 @@ def folder_snapshot(folder):
 
 
 def test_a_second_run_into_a_busy_folder_stops_at_once_and_touches_nothing(
-        tiny_mnist, tmp_path, capsys, train, exit_code_and_stderr):
+        tiny_mnist, tmp_path, train):
     train("mlp", tiny_mnist, tmp_path, "--epochs", "1", "--batch-size", "50")
-    capsys.readouterr()
     with plumbing.claimed_out_dir(tmp_path):   # as a run in another terminal holds it
         before = folder_snapshot(tmp_path)
-        code, err = exit_code_and_stderr(lambda: train("mlp", tiny_mnist, tmp_path, "--epochs", "2",
-                                                               "--batch-size", "50", "--resume"))
+        err = failure(lambda: train("mlp", tiny_mnist, tmp_path, "--epochs", "2",
+                                    "--batch-size", "50", "--resume"))
         assert folder_snapshot(tmp_path) == before
-    assert code == 1 and f"a run is writing to {tmp_path}" in err
-    assert len(err.strip().splitlines()) == 1
+    assert f"a run is writing to {tmp_path}" in err
     train("mlp", tiny_mnist, tmp_path, "--epochs", "2", "--batch-size", "50", "--resume")   # free again
 
 
@@ -250,7 +271,7 @@ def test_a_run_killed_outright_leaves_no_lock_behind(tiny_mnist, tmp_path, train
     out = tmp_path / "run"
     process = start_endless_run(repo, tiny_mnist, out)
     process.kill()   # SIGKILL: no handler runs, nothing is cleaned up
-    process.communicate(timeout=60)
+    process.communicate(timeout=DEADLINE_S)
     epoch = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
     train("cnn", tiny_mnist, out, "--batch-size", "10", "--epochs", str(epoch + 1), "--resume")
     assert json.loads((out / "history.json").read_text())["test"]["epoch"][-1] == epoch + 1
@@ -259,9 +280,8 @@ def test_a_run_killed_outright_leaves_no_lock_behind(tiny_mnist, tmp_path, train
 @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO, errno.EACCES])
 @pytest.mark.parametrize("failing", ["history.json", "activation.json", "checkpoint.pt"])
 def test_a_failed_save_names_the_file_and_keeps_the_last_epoch(
-        tiny_mnist, tmp_path, capsys, monkeypatch, error, failing, train, exit_code_and_stderr):
+        tiny_mnist, tmp_path, monkeypatch, error, failing, train):
     train("mlp", tiny_mnist, tmp_path, "--epochs", "1", "--batch-size", "50")
-    capsys.readouterr()
     before = folder_snapshot(tmp_path)
     write_file = plumbing.write_temporary
 
@@ -272,9 +292,8 @@ def test_a_failed_save_names_the_file_and_keeps_the_last_epoch(
         write_file(path, write)
 
     monkeypatch.setattr(plumbing, "write_temporary", fail_on)
-    code, err = exit_code_and_stderr(lambda: train("mlp", tiny_mnist, tmp_path, "--epochs", "2",
-                                                           "--batch-size", "50", "--resume"))
-    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    err = failure(lambda: train("mlp", tiny_mnist, tmp_path, "--epochs", "2",
+                                "--batch-size", "50", "--resume"))
     assert str(tmp_path / failing) in err and os.strerror(error) in err
     assert folder_snapshot(tmp_path) == before   # the first epoch's three files, and no stray .tmp
 

@@ -29,7 +29,9 @@ def run_in_process(command, stop_message):
         main = plot.main
     else:
         model = registry.model_script(script)
-        main = lambda argv: model.solver.run(script, model.build_model, model.config, argv)
+        main = lambda argv: model.solver.train_run(
+            script, model.build_model, model.config,
+            model.solver.parse_args(script, model.config, argv))
     try:
         main(argv)
     except SystemExit as stop:
@@ -43,11 +45,18 @@ def in_process(monkeypatch):
     monkeypatch.setattr(reproduce, "run_one", run_in_process)
 
 
+def reproduce_here(argv):
+    """reproduce.py's work in this process: a failure raises SolverError, no signal is touched
+    (the command line's handling is tested with a real subprocess below)."""
+    args = reproduce.parse_args(argv)
+    reproduce.reproduce(args, lambda: f"kept in {args.runs_dir}")
+
+
 
 def test_epochs_1_runs_all_five_then_plots_and_a_second_call_skips_them(
         tiny_mnist, tmp_path, capsys, monkeypatch, in_process):
     argv = reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "1")[2:]
-    reproduce.main(argv)
+    reproduce_here(argv)
     runs = tmp_path / "epochs_1"   # a folder of its own, never mixed with the full runs
     for label in ("mlp", "mlp_bn", "cnn", "cnn_bn", "resnet_bn"):
         history = json.loads((runs / label / "history.json").read_text())
@@ -58,19 +67,13 @@ def test_epochs_1_runs_all_five_then_plots_and_a_second_call_skips_them(
     out = capsys.readouterr().out
     assert "[5/5]" in out and "wall time" in out
 
-    # cnn_bn as if finished before `norm` existed (its config without norm, no threads): still
-    # the same run, skipped like the others, not reported as another config, not retrained
-    path = runs / "cnn_bn" / "history.json"
-    history = json.loads(path.read_text())
-    del history["norm"], history["threads"], history["config"]["norm"]
-    path.write_text(json.dumps(history))
+    # a second call skips every finished run and trains nothing again
     commands = []   # the second call's commands, recorded: plot.py was drawn above already
     monkeypatch.setattr(reproduce, "run_one", lambda command, stop_message: commands.append(command))
-    reproduce.main(argv)
+    reproduce_here(argv)
     out = capsys.readouterr().out
     assert out.count("already finished") == 5 and "another config" not in out
     assert [command[1] for command in commands] == ["plot.py"]   # nothing trained again
-    assert json.loads(path.read_text()) == history   # left as it was
 
 
 def test_an_interrupted_run_is_resumed_and_another_config_is_left_alone(
@@ -86,7 +89,7 @@ def test_an_interrupted_run_is_resumed_and_another_config_is_left_alone(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(plumbing, "save_files", save_then_stop)
-    with pytest.raises(SystemExit):
+    with pytest.raises(KeyboardInterrupt):
         train("mlp", tiny_mnist, runs[0].out, "--epochs", "2", "--disp-freq", "50")
     monkeypatch.setattr(plumbing, "save_files", save)
     assert runs[0].state() == "resume"
@@ -97,10 +100,10 @@ def test_an_interrupted_run_is_resumed_and_another_config_is_left_alone(
     assert runs[1].state() == "other"
     capsys.readouterr()
 
-    with pytest.raises(SystemExit) as stop:
-        reproduce.main(reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "2")[2:])
+    with pytest.raises(plumbing.SolverError) as stop:
+        reproduce_here(reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "2")[2:])
     out, err = capsys.readouterr()
-    assert stop.value.code == 1
+    err = str(stop.value)
     assert f"python mlp.py --epochs 2 --data-dir {tiny_mnist}" in out and "--resume" in out
     assert "holds a run with another config" in out
     assert str(runs[1].out) in err and "Traceback" not in err
@@ -113,11 +116,14 @@ def test_ctrl_c_stops_the_run_in_flight_and_says_how_to_continue(tiny_mnist, tmp
     process = subprocess.Popen(reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "100000"), cwd=repo,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     history = tmp_path / "epochs_100000" / "mlp" / "history.json"
-    deadline = time.time() + 120
-    while not history.exists() and time.time() < deadline:
-        time.sleep(0.2)
+    deadline = time.monotonic() + 120
+    while not history.exists():
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            pytest.fail("reproduce.py's first run saved no epoch within 120 s")
+        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == 130
     assert "Traceback" not in err and err.rstrip().endswith("--epochs 100000")
     assert "reproduce.py" in err

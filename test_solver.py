@@ -15,7 +15,7 @@ import registry
 import resnet
 import solver
 
-HISTORY_KEYS = {"model", "norm", "bn", "params", "config", "device", "threads", "train", "test",
+HISTORY_KEYS = {"model", "norm", "params", "config", "device", "threads", "train", "test",
                 "epoch_time_s", "train_time_s", "best_test_acc"}   # the interface other tools read
 
 
@@ -103,6 +103,73 @@ def test_models_map_a_batch_of_digits_to_ten_logits(script):
         assert script.build_model(norm)(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
 
+# ----------------------------------------------------------------------------- the loop
+
+def small_training(tiny_mnist, **changes):
+    """What one epoch of solver.train needs, on the tiny data: model, optimizer, data, config."""
+    data = solver.load_mnist(tiny_mnist, torch.device("cpu"))
+    config = dict(mlp.config, max_epoch=1, batch_size=50, lr_schedule="constant", norm="bn",
+                  seed=0, **changes)
+    torch.manual_seed(0)
+    model = mlp.build_model("bn")
+    return model, solver.make_optimizer(model, config), data, config
+
+
+def test_on_step_sees_the_steps_batch_gradient_and_weights(tiny_mnist):
+    """At a chosen step, on_step's .grad is the gradient of the loss on its (images, labels)
+    at its weights, the images are the shifted ones trained on, and the next step's weights
+    differ from them by exactly SGD's update."""
+    model, optimizer, data, config = small_training(tiny_mnist, augment_shift=1, momentum=0.0,
+                                                    weight_decay=0.0, learning_rate=0.1)
+    seen = {}
+
+    def on_step(iteration, model, optimizer, images, labels, loss):
+        if iteration in (3, 4):
+            seen[iteration] = ([p.detach().clone() for p in model.parameters()],
+                               [p.grad.clone() for p in model.parameters()], images, labels, loss)
+    history = solver.new_history("mlp", "bn", 0, config, "cpu")
+    solver.train(model, optimizer, data, config, torch.Generator().manual_seed(0), history,
+                 on_step=on_step)
+
+    weights, grads, images, labels, loss = seen[3]
+    assert not any(torch.equal(images, data[0][k:k + 50]) for k in range(0, 300, 50))  # shifted
+    probe = mlp.build_model("bn")
+    probe.load_state_dict(dict(zip([name for name, _ in probe.named_parameters()], weights)),
+                          strict=False)
+    probe.train()
+    probe_loss = torch.nn.functional.cross_entropy(probe(images), labels)
+    expected = torch.autograd.grad(probe_loss, list(probe.parameters()))
+    assert probe_loss.item() == loss.item()
+    for grad, want in zip(grads, expected):
+        torch.testing.assert_close(grad, want, rtol=0, atol=0)
+    next_weights = seen[4][0]
+    for w, g, w_next in zip(weights, grads, next_weights):   # plain SGD: w - lr * g
+        torch.testing.assert_close(w_next, w.add(g, alpha=-0.1), rtol=0, atol=0)
+
+
+def test_on_step_changes_nothing_in_the_run(tiny_mnist):
+    histories = []
+    for on_step in (None, lambda *step: None):
+        model, optimizer, data, config = small_training(tiny_mnist, augment_shift=1)
+        history = solver.new_history("mlp", "bn", 0, config, "cpu")
+        solver.train(model, optimizer, data, config, torch.Generator().manual_seed(0), history,
+                     on_step=on_step)
+        histories.append((history["train"], history["test"]))
+    assert histories[0] == histories[1]
+
+
+def test_evaluate_puts_every_module_back_in_its_mode(tiny_mnist):
+    model, _, (_, _, test_x, test_y), _ = small_training(tiny_mnist)
+    model.train()
+    model[2].eval()   # one module in its own mode: it stays so
+    solver.evaluate(model, test_x, test_y)
+    assert model.training and not model[2].training
+    assert all(m.training for i, m in enumerate(model) if i != 2)
+    model.eval()
+    solver.evaluate(model, test_x, test_y)
+    assert not any(m.training for m in model.modules())
+
+
 # ----------------------------------------------------------------------------- a run
 
 def test_short_run_writes_history_and_checkpoint(tiny_mnist, tmp_path, train):
@@ -110,7 +177,7 @@ def test_short_run_writes_history_and_checkpoint(tiny_mnist, tmp_path, train):
     train("cnn", tiny_mnist, out, "--bn", "--epochs", "2", "--batch-size", "50")
     history = json.loads((out / "history.json").read_text())
     assert set(history) == HISTORY_KEYS                               # exactly the issue's keys
-    assert history["model"] == "cnn" and history["bn"] is True and history["params"] == 2_174
+    assert history["model"] == "cnn" and history["params"] == 2_174
     assert history["norm"] == "bn" and history["threads"] == torch.get_num_threads()
     assert history["config"]["batch_size"] == 50 and history["device"] == "cpu"
     assert history["train"]["iter"] == list(range(1, 13))             # 6 steps per epoch, disp_freq 1
@@ -162,20 +229,6 @@ def test_same_seed_same_numbers_and_resume_ends_where_uninterrupted_run_ends(
     assert read_json(tmp_path / "activation.json") == read_json(whole_run / "activation.json")
 
 
-def test_a_checkpoint_from_before_norm_resumes_exactly(tiny_mnist, tmp_path, train, whole_run):
-    """Runs saved before `norm` existed (only `bn`) continue, and end where the whole run ends."""
-    train("cnn", tiny_mnist, tmp_path, *RESUME_FLAGS, "--epochs", "1")
-    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    del checkpoint["norm"]
-    for history in (checkpoint["history"],):
-        del history["norm"], history["threads"], history["config"]["norm"]
-    torch.save(checkpoint, tmp_path / "checkpoint.pt")
-    train("cnn", tiny_mnist, tmp_path, *RESUME_FLAGS, "--epochs", "3", "--resume")
-    whole, resumed = read_json(whole_run / "history.json"), read_json(tmp_path / "history.json")
-    assert resumed["train"] == whole["train"] and resumed["test"] == whole["test"]
-    assert resumed["norm"] == "bn" and resumed["config"]["norm"] == "bn"
-
-
 # ----------------------------------------------------------------------------- the recipe, --norm
 
 def test_defaults_hold_the_reports_recipe_and_each_script_only_what_differs():
@@ -199,7 +252,7 @@ def test_defaults_hold_the_reports_recipe_and_each_script_only_what_differs():
 def test_norm_bn_and_no_bn_set_one_value_and_the_last_one_wins(name, flags, norm):
     args = solver.parse_args(name, registry.model_script(name).config, flags)
     assert args.norm == norm
-    assert args.out == str(registry.run_folder(name, norm))   # runs/cnn, runs/cnn_bn, ...
+    assert args.out == str(solver.run_folder(name, norm))   # runs/cnn, runs/cnn_bn, ...
     assert solver.effective_config(registry.model_script(name).config, args)["norm"] == norm
 
 
@@ -231,9 +284,10 @@ def test_every_normalization_trains_in_every_script(name, tiny_mnist, tmp_path, 
     for norm in ("ln", "gn", "brn"):
         argv = ["--norm", norm, "--epochs", "1", "--batch-size", "50", "--data-dir",
                 str(tiny_mnist), "--device", "cpu"]
-        solver.run(name, script.build_model, script.config, argv=argv)
+        solver.train_run(name, script.build_model, script.config,
+                         solver.parse_args(name, script.config, argv))
         history = read_json(tmp_path / "runs" / f"{name}_{norm}" / "history.json")
-        assert history["norm"] == norm and history["bn"] is False
+        assert history["norm"] == norm
         assert all(math.isfinite(loss) for loss in history["train"]["loss"])
         model = script.build_model(norm)
         kinds = {type(m).__name__ for m in model.modules()}

@@ -1,6 +1,7 @@
 """The three studies of "why BN helps, the 2018 answer" (studies/noisy.py, ics.py,
 smoothness.py): the noise's draws, the smoothness measure against a closed form, the covariate
-shift against a hand-made update, measuring that changes nothing, and each study in --quick."""
+shift against a hand-made update, measuring that changes nothing and sees the step's own
+forward, and each study in --quick."""
 import argparse
 
 import pytest
@@ -8,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import experiments
 import mlp
 import solver
 from studies import ics, noisy, smoothness
 from studies.common import Study
+from studies.noisy import BatchNoise
+from studies.smoothness import along_gradient
 from studies.why_bn import schedule
 
 # ----------------------------------------------------------------------------- BatchNoise
@@ -22,7 +24,7 @@ def test_batch_noise_draws_per_unit_shift_and_scale_in_the_papers_ranges():
     torch.manual_seed(0)
     units, n = 64, 20_000
     a = torch.cat([torch.ones(n, units), torch.zeros(n, units)])   # per unit: s + m, then m
-    out = noisy.BatchNoise().train()(a)
+    out = BatchNoise().train()(a)
     ones, zeros = out[:n], out[n:]
     mu = zeros.mean(dim=0)                    # m ~ U(mu_j - 0.1, mu_j + 0.1)
     sigma = ones.mean(dim=0) - mu             # s ~ N(sigma_j, 0.1)
@@ -41,7 +43,7 @@ def test_batch_noise_draws_per_unit_shift_and_scale_in_the_papers_ranges():
 
 
 def test_batch_noise_is_fresh_each_call_seeded_and_off_in_eval_mode():
-    layer = noisy.BatchNoise()
+    layer = BatchNoise()
     a = torch.randn(50, 8)
     torch.manual_seed(1)
     first, second = layer(a), layer(a)
@@ -51,13 +53,13 @@ def test_batch_noise_is_fresh_each_call_seeded_and_off_in_eval_mode():
     assert layer.eval()(a) is a               # evaluation: identity
     generator = torch.Generator().manual_seed(3)
     again = torch.Generator().manual_seed(3)
-    assert torch.equal(noisy.BatchNoise(generator=generator)(a),
-                       noisy.BatchNoise(generator=again)(a))
+    assert torch.equal(BatchNoise(generator=generator)(a),
+                       BatchNoise(generator=again)(a))
 
 
 def test_batch_noise_counts_height_and_width_as_batch_dimensions():
     torch.manual_seed(2)
-    out = noisy.BatchNoise()(torch.zeros(8, 16, 10, 10))
+    out = BatchNoise()(torch.zeros(8, 16, 10, 10))
     assert out.shape == (8, 16, 10, 10)
     per_channel = out.transpose(0, 1).reshape(16, -1)   # every value of one channel
     window = per_channel.amax(dim=1) - per_channel.amin(dim=1)
@@ -101,7 +103,7 @@ def test_along_gradient_matches_the_closed_form_of_a_quadratic(bias):
     hessian = 2 * design.T @ design / n
     loss0 = ((design @ w - y.flatten()) ** 2).mean()
     etas = [0.0, 0.05, 0.1, 0.3, 0.8]
-    result = experiments.along_gradient(model, F.mse_loss, x, y, etas)
+    result = along_gradient(model, F.mse_loss, x, y, etas)
     for eta, loss, distance in zip(etas, result["loss"], result["grad_distance"]):
         expected = loss0 - eta * g @ g + 0.5 * eta ** 2 * g @ hessian @ g
         assert loss == pytest.approx(expected.item(), rel=1e-10)
@@ -124,7 +126,7 @@ def test_along_gradient_leaves_a_bn_model_exactly_as_it_was():
     model.eval()
     model[2].train()                          # a mix of modes, to be kept as it is
     before = state_of(model)
-    result = experiments.along_gradient(model, F.cross_entropy, x, y, [0.05, 0.1, 0.4])
+    result = along_gradient(model, F.cross_entropy, x, y, [0.05, 0.1, 0.4])
     after = state_of(model)
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])   # params, buffers
     assert all(torch.equal(a, b) for a, b in zip(before[1], after[1]))     # .grad
@@ -191,20 +193,31 @@ def test_measuring_ics_changes_nothing_in_training(tiny_study, network):
             assert measured[0][part][key] == plain[0][part][key]   # bit for bit
     assert measured[1:3] == plain[1:3]
     record = measured[3]
-    assert record["step"][:3] == [1, config["disp_freq"], 2 * config["disp_freq"]]
+    every = config["disp_freq"]
+    steps = len(tiny_study.data[0]) // config["batch_size"] * config["max_epoch"]
+    assert record["step"] == [1] + list(range(every, steps + 1, every))
     # the first layer has nothing before it: G' is G, which checks that the batch is the step's
     assert all(d == 0.0 for d in record["distance"][0])
     assert all(d > 0 for d in record["distance"][1])
     assert torch.equal(rng, torch.get_rng_state())   # measuring drew no random number
 
+# ----------------------------------------------------------------------------- noisy
 
-def test_a_copy_of_the_model_does_not_count_as_a_training_step(tiny_study):
-    """before_steps counts the training optimizer's steps only, not a copy's stepped inside."""
+
+def test_noisy_percentiles_are_those_of_the_steps_own_forward(tiny_study):
+    """The first ReLU's input, replayed in on_step, is the one the training forward computed,
+    noise draws included: as a forward hook kept during training (solver.InputProbe) sees it
+    at each window's end; and measuring changes nothing in the run."""
     config = tiny_study.config(**schedule(tiny_study))
-    _, _, _, record = ics.train_measured(tiny_study, "mlp", False, 0, config)
-    steps = len(tiny_study.data[0]) // config["batch_size"] * config["max_epoch"]
-    assert record["step"] == [1] + list(range(config["disp_freq"], steps + 1,
-                                              config["disp_freq"]))
+    outcome, acc, curve = noisy.train_arm(tiny_study, "mlp", "bn_noise", 0, config)
+    model = tiny_study.model(lambda: noisy.build_arm("mlp", "bn_noise"), 0)
+    probe = solver.InputProbe(model)
+    record = lambda iteration, model: probe.record_window(iteration)
+    history, *plain = tiny_study.train(model, config, 0, on_window=record)
+    assert (outcome, acc) == tuple(plain)
+    assert curve["step"] == probe.record["iter"] == history["train"]["iter"]
+    for key in ("p15", "p50", "p85"):
+        assert curve[key] == probe.record[key]
 
 # ----------------------------------------------------------------------------- the studies
 
@@ -231,12 +244,13 @@ def check_arm(arm, seeds):
 
 
 def test_studies_are_registered_with_their_figures(quick):
+    import experiments   # here: the quick_run fixture has imported it already
     _, figures = quick
     assert {"noisy", "ics", "smoothness"} <= set(experiments.STUDIES)
-    for name in ("noisy", "ics", "smoothness"):
-        for figure in experiments.FIGURES[name]:
+    for page in (noisy, ics, smoothness):
+        assert experiments.STUDIES[page.NAME] is page
+        for figure in page.FIGURES:
             assert (figures / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert experiments.BatchNoise is noisy.BatchNoise
 
 
 def test_noisy_quick(quick):

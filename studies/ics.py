@@ -8,10 +8,12 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from studies.common import color, label, norm_of, print_table, provenance, show_seeds
-from studies.why_bn import (NETWORKS, StepBatches, before_steps, draw_band, finite, layer_name,
-                            schedule, spread, start_and_later, weighted_layers)
+from studies.common import ARMS, color, label, markdown_table, norm_of
+from studies.why_bn import (NETWORKS, draw_band, finite, layer_name, measured, schedule, spread,
+                            start_and_later, weighted_layers)
 
+NAME = "ics"
+QUESTION = "internal covariate shift as Santurkar et al. (2018) define it, with and without BN"
 FIGURES = ("internal_covariate_shift.png",)
 
 
@@ -55,57 +57,73 @@ def covariate_shift(model, optimizer, images, labels):
 
 def train_measured(study, network, bn, seed, config, measure=True):
     """One seeded run of NETWORKS[network] with (bn) or without BN; with measure, the
-    covariate shift of every weighted layer before steps 1, every, 2 * every, ... Returns
-    (history, outcome, test acc, record); the measurement changes nothing in the run."""
+    covariate shift of every weighted layer before the update of steps 1, every, 2 * every, ...
+    (every: config's disp_freq). Returns (history, outcome, test acc, record); the measurement
+    changes nothing in the run."""
     model = study.model(lambda: NETWORKS[network](norm_of(bn)), seed)
     layers = weighted_layers(model)
     record = {"step": [], "distance": [[] for _ in layers], "cos": [[] for _ in layers],
               "grad_norm": [[] for _ in layers]}
 
-    def on_step(step, optimizer, images, labels):
+    def on_step(step, model, optimizer, images, labels, loss):
+        if not measured(step, config["disp_freq"]):
+            return
         record["step"].append(step)
         for i, row in enumerate(covariate_shift(model, optimizer, images, labels)):
             for key, value in row.items():
                 record[key][i].append(value)
 
-    if not measure:
-        return (*study.train(model, config, seed), record)
-    batches = StepBatches(study.data, config["batch_size"], seed)
-    with before_steps(model, batches, config["disp_freq"], on_step):
-        history, outcome, acc = study.train(model, config, seed)
+    history, outcome, acc = study.train(model, config, seed, on_step=on_step if measure else None)
     return history, outcome, acc, record
 
 
-def run(study):
-    """The MLP and the CNN, with and without BN, the report's SGD at 0.1, over study.seeds."""
+def trainings(study):
+    """The MLP and the CNN, each without and with BN, at every seed."""
+    return [{"network": network, "arm": arm, "seed": seed}
+            for network in NETWORKS for arm in ARMS for seed in study.seeds]
+
+
+def train_one(study, job):
+    """One measured run at the report's SGD at 0.1: its outcome and the covariate shift of
+    every weighted layer over training."""
+    _, outcome, acc, record = train_measured(study, job["network"], job["arm"] == "bn",
+                                             job["seed"], study.config(**schedule(study)))
+    return {"outcome": outcome, "test_acc": acc, **record}
+
+
+def assemble(study, jobs, results):
+    """Per network its layers' names and each arm's lists over seeds (distance, cos and
+    grad_norm: per layer, then per seed)."""
     config = study.config(**schedule(study))
-    results = {"provenance": provenance(study.seeds), "epochs": config["max_epoch"],
-               "batch_size": config["batch_size"], "measure_every": config["disp_freq"],
-               "learning_rate": config["learning_rate"],
-               "definition": "G: loss gradient w.r.t. layer i's weights on the step's batch; "
-                             "G': the same after the step's update of every earlier layer"}
+    assembled = {"epochs": config["max_epoch"], "batch_size": config["batch_size"],
+                 "measure_every": config["disp_freq"],
+                 "learning_rate": config["learning_rate"],
+                 "definition": "G: loss gradient w.r.t. layer i's weights on the step's batch; "
+                               "G': the same after the step's update of every earlier layer"}
     for network, build in NETWORKS.items():
         names = [layer_name(layer) for layer in weighted_layers(build("none"))]
-        results[network] = {"layers": names}
-        for bn in (False, True):
-            arm = {"test_acc": [], "outcome": [], "step": [],
-                   "distance": [[] for _ in names], "cos": [[] for _ in names],
-                   "grad_norm": [[] for _ in names]}
-            for seed in study.seeds:
-                _, outcome, acc, record = train_measured(study, network, bn, seed, config)
-                arm["test_acc"].append(acc)
-                arm["outcome"].append(outcome)
-                arm["step"].append(record["step"])
-                for key in ("distance", "cos", "grad_norm"):
-                    for i, values in enumerate(record[key]):
-                        arm[key][i].append(values)
-            results[network]["bn" if bn else "no_bn"] = arm
-            study.progress("ics", f"{network}, {label(bn)}",
-                           f"{show_seeds(arm['test_acc'])} {arm['outcome']}")
+        assembled[network] = {"layers": names}
+        for arm in ARMS:
+            assembled[network][arm] = {"test_acc": [], "outcome": [], "step": [],
+                                       "distance": [[] for _ in names],
+                                       "cos": [[] for _ in names],
+                                       "grad_norm": [[] for _ in names]}
+    for job, result in zip(jobs, results):
+        arm = assembled[job["network"]][job["arm"]]
+        for key in ("test_acc", "outcome", "step"):
+            arm[key].append(result[key])
+        for key in ("distance", "cos", "grad_norm"):
+            for i, values in enumerate(result[key]):
+                arm[key][i].append(values)
+    return assembled
 
+
+def table(results):
+    """Per network, arm and layer after the first: ||G - G'|| at step 1 and later, relative
+    to ||G||, and cos(G, G'), each as mean (range) over seeds."""
     rows = []
     for network in NETWORKS:
-        for key in ("no_bn", "bn"):
+        for key in ARMS:
             arm = results[network][key]
             for i, name in enumerate(results[network]["layers"][1:], start=1):
                 first, later = start_and_later(arm["distance"][i])
@@ -114,9 +132,9 @@ def run(study):
                 rows.append((network, key, name, spread(first), spread(later),
                              spread(start_and_later(relative)[1]),
                              spread(start_and_later(arm["cos"][i])[1])))
-    print_table(["network", "arm", "layer", "||G - G'|| at step 1", "||G - G'|| later (median)",
-                 "||G - G'|| / ||G|| later", "cos(G, G') later"], rows)
-    study.save("ics", results, draw(results), FIGURES[0])
+    return markdown_table(["network", "arm", "layer", "||G - G'|| at step 1",
+                           "||G - G'|| later (median)", "||G - G'|| / ||G|| later",
+                           "cos(G, G') later"], rows)
 
 
 def draw(results):
@@ -143,4 +161,4 @@ def draw(results):
             ax.legend(fontsize=7, loc="best")
     fig.suptitle("Internal covariate shift as Santurkar et al. (2018) measure it (Definition "
                  "2.1): mean and range over seeds")
-    return fig
+    return [fig]

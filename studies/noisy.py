@@ -8,9 +8,11 @@ from torch import nn
 
 import solver
 from batchnorm import BatchNorm
-from studies.common import accuracy, print_table, provenance, show_seeds
+from studies.common import markdown_table, module_input, show_seeds
 from studies.why_bn import NETWORKS, draw_band, schedule, spread
 
+NAME = "noisy"
+QUESTION = "noisy BN (Santurkar et al. 2018): does BN help by steadying each layer's input?"
 FIGURES = ("noisy_bn.png",)
 
 ARMS = {   # key -> (label, colour): one colour per arm
@@ -77,22 +79,55 @@ def build_arm(network, arm):
     return nn.Sequential(*layers)
 
 
+def generator_state(device):
+    """The state of torch's global generator that random draws on `device` come from."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def first_relu_input(model, images, state):
+    """The input of the model's first ReLU as a training step's own forward computed it: the
+    model (at the step's weights) run again on the step's images, from the generator state
+    `state` that forward started from, so that the noise layers draw the very noise the step
+    drew. The model and torch's generator are left as they were."""
+    first_relu = next(m for m in model.modules() if isinstance(m, nn.ReLU))
+    device = images.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
+        return module_input(model, first_relu, images)
+
+
 def train_arm(study, network, arm, seed, config):
     """One seeded run: final (outcome, test acc), test accuracy over training (eval mode, the
     noise off) and the 15th/50th/85th percentiles of unit 0 of the first ReLU's input on the
-    training batch in training mode (noise on), both every disp_freq steps."""
+    training batch in training mode (noise on) of each window's last step, both recorded where
+    solver.train_one_epoch closes a window: every disp_freq steps and at each epoch's end."""
     model = study.model(lambda: build_arm(network, arm), seed)
-    probe = solver.InputProbe(model)   # the first ReLU's input, unit 0
-    curve = {"step": [], "test_acc": []}
+    curve = {"step": [], "test_acc": [], "p15": [], "p50": [], "p85": []}
     test_x, test_y = study.data[2], study.data[3]
+    steps_per_epoch = len(study.data[0]) // config["batch_size"]
+    # the global generator's state before each step's forward: nothing draws from it between
+    # one step's on_step and the next step's forward (the batch order has its own generator)
+    before_forward = generator_state(study.device)
+    last_step = {}   # the percentiles of the window's last step, until the window closes
+
+    def on_step(iteration, model, optimizer, images, labels, loss):
+        nonlocal before_forward
+        if iteration % config["disp_freq"] == 0 or iteration % steps_per_epoch == 0:
+            unit = first_relu_input(model, images, before_forward)[:, solver.PROBE_UNIT]
+            last_step.update(solver.percentiles(unit))
+        before_forward = generator_state(study.device)
 
     def on_window(iteration, model):
-        probe.record_window(iteration)   # first: the evaluation below calls the model again
         curve["step"].append(iteration)
-        curve["test_acc"].append(accuracy(model, test_x, test_y))
+        curve["test_acc"].append(solver.evaluate(model, test_x, test_y)[1])
+        for key, value in last_step.items():
+            curve[key].append(value)
 
-    _, outcome, acc = study.train(model, config, seed, on_window=on_window)
-    return outcome, acc, curve, {p: probe.record[p] for p in ("p15", "p50", "p85")}
+    _, outcome, acc = study.train(model, config, seed, on_window=on_window, on_step=on_step)
+    return outcome, acc, curve
 
 
 def median_jump(p50):
@@ -102,39 +137,46 @@ def median_jump(p50):
     return sum(jumps) / len(jumps) if jumps else None
 
 
-def run(study):
-    """Four arms on the MLP and the CNN, each over study.seeds, the report's SGD at 0.1."""
-    config = study.config(**schedule(study))
-    results = {"provenance": provenance(study.seeds), "epochs": config["max_epoch"],
-               "batch_size": config["batch_size"], "measure_every": config["disp_freq"],
-               "learning_rate": config["learning_rate"],
-               "noise": {"n_mu": 0.5, "n_sigma": 1.25, "r_mu": 0.1, "r_sigma": 0.1},
-               "probe": "unit 0 of the first ReLU's input, training batch, training mode",
-               "arms": {arm: name for arm, (name, _) in ARMS.items()}}
-    for network in NETWORKS:
-        results[network] = {}
-        for arm in ARMS:
-            record = {"test_acc": [], "outcome": [], "step": [], "test_acc_curve": [],
-                      "p15": [], "p50": [], "p85": [], "median_jump": []}
-            for seed in study.seeds:
-                outcome, acc, curve, pct = train_arm(study, network, arm, seed, config)
-                record["test_acc"].append(acc)
-                record["outcome"].append(outcome)
-                record["step"].append(curve["step"])
-                record["test_acc_curve"].append(curve["test_acc"])
-                for p in ("p15", "p50", "p85"):
-                    record[p].append(pct[p])
-                record["median_jump"].append(median_jump(pct["p50"]))
-            results[network][arm] = record
-            study.progress("noisy", f"{network}, {ARMS[arm][0]}",
-                           f"{show_seeds(record['test_acc'])} {record['outcome']}")
+def trainings(study):
+    """The four arms on the MLP and the CNN, each at every seed."""
+    return [{"network": network, "arm": arm, "seed": seed}
+            for network in NETWORKS for arm in ARMS for seed in study.seeds]
 
-    print_table(["network", "arm", "final test acc (mean, range)", "outcomes",
-                 "median jump (mean, range)"],
-                [(network, ARMS[arm][0], show_seeds(r["test_acc"]), " ".join(r["outcome"]),
-                  spread(r["median_jump"]))
-                 for network in NETWORKS for arm, r in results[network].items()])
-    study.save("noisy", results, draw(results), FIGURES[0])
+
+def train_one(study, job):
+    """One run at the report's SGD at 0.1: its outcome, the test accuracy over training and
+    the first ReLU's unit 0 over training (percentiles, and their median's mean jump)."""
+    outcome, acc, curve = train_arm(study, job["network"], job["arm"], job["seed"],
+                                    study.config(**schedule(study)))
+    return {"outcome": outcome, "test_acc": acc, "step": curve["step"],
+            "test_acc_curve": curve["test_acc"],
+            **{p: curve[p] for p in ("p15", "p50", "p85")},
+            "median_jump": median_jump(curve["p50"])}
+
+
+def assemble(study, jobs, results):
+    """Per network and arm, every measure as a list over seeds."""
+    config = study.config(**schedule(study))
+    assembled = {"epochs": config["max_epoch"], "batch_size": config["batch_size"],
+                 "measure_every": config["disp_freq"], "learning_rate": config["learning_rate"],
+                 "noise": {"n_mu": 0.5, "n_sigma": 1.25, "r_mu": 0.1, "r_sigma": 0.1},
+                 "probe": "unit 0 of the first ReLU's input, training batch, training mode",
+                 "arms": {arm: name for arm, (name, _) in ARMS.items()}}
+    for network in NETWORKS:
+        assembled[network] = {arm: {} for arm in ARMS}
+    for job, result in zip(jobs, results):
+        record = assembled[job["network"]][job["arm"]]
+        for key, value in result.items():
+            record.setdefault(key, []).append(value)
+    return assembled
+
+
+def table(results):
+    return markdown_table(["network", "arm", "final test acc (mean, range)", "outcomes",
+                           "median jump (mean, range)"],
+                          [(network, ARMS[arm][0], show_seeds(r["test_acc"]),
+                            " ".join(r["outcome"]), spread(r["median_jump"]))
+                           for network in NETWORKS for arm, r in results[network].items()])
 
 
 def draw(results):
@@ -181,4 +223,4 @@ def draw(results):
             ax.grid(alpha=0.3)
     fig.suptitle("Noisy BN (Santurkar et al. 2018, Algorithm 1): BN, then a fresh random shift "
                  "and scale of every unit at every step")
-    return fig
+    return [fig]

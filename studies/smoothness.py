@@ -9,10 +9,12 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from studies.common import color, label, norm_of, print_table, provenance, show_seeds
-from studies.why_bn import (NETWORKS, StepBatches, before_steps, draw_band, finite, schedule,
-                            spread, start_and_later)
+from studies.common import ARMS, color, label, markdown_table, norm_of, preserved, show_seeds
+from studies.why_bn import (NETWORKS, draw_band, finite, measured, schedule, spread,
+                            start_and_later)
 
+NAME = "smoothness"
+QUESTION = "the loss along the gradient (Santurkar et al. 2018), with and without BN"
 FIGURES = ("smoothness.png",)
 
 STEP_FACTORS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)   # eta / learning rate, as S18's VGG
@@ -32,15 +34,13 @@ def along_gradient(model, loss_fn, inputs, targets, step_sizes):
     [||grad L(w - eta g) - grad L(w)|| per eta], "beta": max over the nonzero eta of
     grad_distance / ||eta g||, the effective beta-smoothness} (eta = 0 only where the caller
     passes it; beta is NaN when g is 0). Computed in training mode, BN with batch statistics,
-    as S18 measure the training loss. The model is left exactly as it was: parameters, .grad
-    (never written), buffers (BN running estimates, restored), each module's mode.
+    as S18 measure the training loss. The model is left exactly as it was (common.preserved:
+    parameters, buffers, each module's mode; .grad is never written).
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    weights = [p.detach().clone() for p in params]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    modes = [(m, m.training) for m in model.modules()]
-    model.train()
-    try:
+    with preserved(model):
+        model.train()
+        weights = [p.detach().clone() for p in params]
         g = torch.autograd.grad(loss_fn(model(inputs), targets), params)
         g_norm = total_norm(g)
         losses, distances = [], []
@@ -52,28 +52,22 @@ def along_gradient(model, loss_fn, inputs, targets, step_sizes):
             moved = torch.autograd.grad(loss, params)
             losses.append(loss.item())
             distances.append(total_norm(a - b for a, b in zip(moved, g)))
-        ratios = [d / (abs(eta) * g_norm) for eta, d in zip(step_sizes, distances)
-                  if eta != 0 and g_norm > 0]
-        beta = max(ratios) if ratios else math.nan
-    finally:
-        with torch.no_grad():
-            for p, w in zip(params, weights):
-                p.copy_(w)
-            for b, saved in buffers:
-                b.copy_(saved)
-        for module, training in modes:
-            module.training = training
-    return {"loss": losses, "grad_distance": distances, "beta": beta}
+    ratios = [d / (abs(eta) * g_norm) for eta, d in zip(step_sizes, distances)
+              if eta != 0 and g_norm > 0]
+    return {"loss": losses, "grad_distance": distances, "beta": max(ratios) if ratios else math.nan}
 
 
 def train_measured(study, network, bn, lr, seed, config):
-    """One seeded run at rate lr; before steps 1, every, 2 * every, ...: along the gradient of
-    the step's batch by eta = 0 and STEP_FACTORS * lr. Returns (outcome, test acc, record)."""
+    """One seeded run at rate lr; before the update of steps 1, every, 2 * every, ... (every:
+    config's disp_freq): along the gradient of the step's batch by eta = 0 and STEP_FACTORS * lr.
+    Returns (outcome, test acc, record)."""
     model = study.model(lambda: NETWORKS[network](norm_of(bn)), seed)
     step_sizes = [0.0] + [f * lr for f in STEP_FACTORS]
     record = {"step": [], "loss": [], "loss_range": [], "grad_range": [], "beta": []}
 
-    def on_step(step, optimizer, images, labels):
+    def on_step(step, model, optimizer, images, labels, loss):
+        if not measured(step, config["disp_freq"]):
+            return
         r = along_gradient(model, F.cross_entropy, images, labels, step_sizes)
         record["step"].append(step)
         record["loss"].append(finite(r["loss"][0]))
@@ -82,70 +76,88 @@ def train_measured(study, network, bn, lr, seed, config):
         record["grad_range"].append(finite(max(r["grad_distance"]) - min(r["grad_distance"])))
         record["beta"].append(finite(r["beta"]))
 
-    batches = StepBatches(study.data, config["batch_size"], seed)
-    with before_steps(model, batches, config["disp_freq"], on_step):
-        _, outcome, acc = study.train(model, config, seed)
+    _, outcome, acc = study.train(model, dict(config, learning_rate=lr), seed, on_step=on_step)
     return outcome, acc, record
 
 
-def larger_rate(study, config):
-    """The MLP without BN at each of LARGER_RATES (no measuring): the largest rate at which
-    every seed's run is "ok", or None, and what each rate gave."""
-    tried, chosen = {}, None
-    for lr in LARGER_RATES:
-        runs = [study.train(study.model(lambda: NETWORKS["mlp"]("none"), seed),
-                            dict(config, learning_rate=lr), seed)[1:]
-                for seed in study.seeds]
-        tried[str(lr)] = {"outcome": [o for o, _ in runs], "test_acc": [a for _, a in runs]}
-        study.progress("smoothness", f"mlp, without BN, lr {lr:g}",
-                       f"{show_seeds(tried[str(lr)]['test_acc'])} {tried[str(lr)]['outcome']}")
-        if all(o == "ok" for o, _ in runs):
-            chosen = lr
-    return chosen, tried
+def probe_one(study, lr, seed):
+    """The MLP without BN at rate lr, no measuring: (outcome, test acc)."""
+    config = dict(study.config(**schedule(study)), learning_rate=lr)
+    return study.train(study.model(lambda: NETWORKS["mlp"]("none"), seed), config, seed)[1:]
 
 
-def run(study):
-    """The MLP and the CNN at the report's 0.1, and the MLP at the largest of LARGER_RATES at
-    which it still trains without BN; each with and without BN, over study.seeds."""
+def larger_rate(study):
+    """The largest of LARGER_RATES at which every seed's run of the MLP without BN is "ok", or
+    None (the probe's trainings run again: each job stands alone)."""
+    ok = [lr for lr in LARGER_RATES
+          if all(probe_one(study, lr, seed)[0] == "ok" for seed in study.seeds)]
+    return max(ok) if ok else None
+
+
+def trainings(study):
+    """The probe (the MLP without BN at each of LARGER_RATES), then the MLP and the CNN at the
+    report's 0.1 and the MLP at the probe's rate ("larger"), each without and with BN."""
+    probe = [{"probe": True, "lr": lr, "seed": seed} for lr in LARGER_RATES for seed in study.seeds]
+    return probe + [{"network": network, "lr": lr, "arm": arm, "seed": seed}
+                    for network, lr in (("mlp", 0.1), ("cnn", 0.1), ("mlp", "larger"))
+                    for arm in ARMS for seed in study.seeds]
+
+
+def train_one(study, job):
+    """A probe's run, or one measured run along the gradient (None at the "larger" rate where
+    the probe found none)."""
+    if job.get("probe"):
+        outcome, acc = probe_one(study, job["lr"], job["seed"])
+        return {"outcome": outcome, "test_acc": acc}
+    lr = larger_rate(study) if job["lr"] == "larger" else job["lr"]
+    if lr is None:
+        return {"outcome": None}
+    outcome, acc, record = train_measured(study, job["network"], job["arm"] == "bn", lr,
+                                          job["seed"], study.config(**schedule(study)))
+    return {"outcome": outcome, "test_acc": acc, "learning_rate": lr, **record}
+
+
+def assemble(study, jobs, results):
+    """The probe's rates and choice, and per setting each arm's lists over seeds."""
     config = study.config(**schedule(study))
-    chosen, tried = larger_rate(study, config)
-    settings = [("mlp", 0.1), ("cnn", 0.1)] + ([("mlp", chosen)] if chosen else [])
-    results = {"provenance": provenance(study.seeds), "epochs": config["max_epoch"],
-               "batch_size": config["batch_size"], "measure_every": config["disp_freq"],
-               "step_factors": list(STEP_FACTORS),
-               "larger_rate_probe": {"network": "mlp", "norm": "none", "rates": tried,
-                                     "chosen": chosen},
-               "settings": []}
-    for network, lr in settings:
-        setting = {"network": network, "learning_rate": lr}
-        for bn in (False, True):
-            arm = {"test_acc": [], "outcome": [], "step": [], "loss": [], "loss_range": [],
-                   "grad_range": [], "beta": []}
-            for seed in study.seeds:
-                outcome, acc, record = train_measured(
-                    study, network, bn, lr, seed, dict(config, learning_rate=lr))
-                arm["test_acc"].append(acc)
-                arm["outcome"].append(outcome)
-                for key, values in record.items():
-                    arm[key].append(values)
-            setting["bn" if bn else "no_bn"] = arm
-            study.progress("smoothness", f"{network}, lr {lr:g}, {label(bn)}",
-                           f"{show_seeds(arm['test_acc'])} {arm['outcome']}")
-        results["settings"].append(setting)
+    tried, settings = {}, {}
+    for job, result in zip(jobs, results):
+        if job.get("probe"):
+            runs = tried.setdefault(str(job["lr"]), {"outcome": [], "test_acc": []})
+        elif result["outcome"] is None:
+            continue
+        else:
+            setting = settings.setdefault((job["network"], job["lr"]), {
+                "network": job["network"], "learning_rate": result["learning_rate"],
+                **{arm: {"test_acc": [], "outcome": [], "step": [], "loss": [], "loss_range": [],
+                         "grad_range": [], "beta": []} for arm in ARMS}})
+            runs = setting[job["arm"]]
+        for key, values in runs.items():
+            values.append(result[key])
+    chosen = [lr for lr in LARGER_RATES if all(o == "ok" for o in tried[str(lr)]["outcome"])]
+    return {"epochs": config["max_epoch"], "batch_size": config["batch_size"],
+            "measure_every": config["disp_freq"], "step_factors": list(STEP_FACTORS),
+            "larger_rate_probe": {"network": "mlp", "norm": "none", "rates": tried,
+                                  "chosen": max(chosen) if chosen else None},
+            "settings": list(settings.values())}
 
+
+def table(results):
+    """Per setting and arm: the final test accuracy and outcomes, and each measure at step 1 and
+    later (median), as mean (range) over seeds."""
     rows = []
     for setting in results["settings"]:
-        for key in ("no_bn", "bn"):
+        for key in ARMS:
             arm = setting[key]
             cells = []
             for measure in ("loss_range", "grad_range", "beta"):
                 first, later = start_and_later(arm[measure])
                 cells.append(f"{spread(first)} / {spread(later)}")
             rows.append((f"{setting['network']}, {setting['learning_rate']:g}", key,
-                         show_seeds(arm["test_acc"]), *cells))
-    print_table(["network, lr", "arm", "final test acc", "loss range: step 1 / later (median)",
-                 "gradient range: step 1 / later", "beta: step 1 / later"], rows)
-    study.save("smoothness", results, draw(results), FIGURES[0])
+                         f"{show_seeds(arm['test_acc'])} {' '.join(arm['outcome'])}", *cells))
+    return markdown_table(["network, lr", "arm", "final test acc",
+                           "loss range: step 1 / later (median)",
+                           "gradient range: step 1 / later", "beta: step 1 / later"], rows)
 
 
 def draw(results):
@@ -168,4 +180,4 @@ def draw(results):
             ax.legend(fontsize=8, loc="best")
     fig.suptitle("Along the gradient by 1/2 to 4 times the learning rate (Santurkar et al. "
                  "2018, Fig. 4): mean and range over seeds")
-    return fig
+    return [fig]

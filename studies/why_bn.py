@@ -1,17 +1,14 @@
 """What the three studies of "why BN helps, the 2018 answer" share (Santurkar, Tsipras, Ilyas,
 Madry 2018, arXiv:1805.11604; studies/noisy.py, ics.py, smoothness.py): the two networks, the
-training length, a hook that measures the model just before chosen training steps, on the very
-batch of that step, and a curve over training drawn as its mean and range over seeds."""
-import contextlib
+training length, the steps at which a study measures, and a curve over training drawn as its
+mean and range over seeds."""
 import math
 
-import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch import nn
 
 import cnn
 import mlp
-from studies.common import mean_and_range
+from studies.common import draw_over_seeds, mean_and_range
 
 NETWORKS = {"mlp": mlp.build_model, "cnn": cnn.build_model}   # build(norm), the report's two
 
@@ -23,6 +20,12 @@ def schedule(study):
     if study.quick:
         return dict(max_epoch=2, batch_size=20, disp_freq=5)
     return dict(max_epoch=3, disp_freq=100)
+
+
+def measured(step, every):
+    """Whether a study measures at training step `step` (counted from 1, as solver.py counts
+    iterations): steps 1, every, 2 * every, ..."""
+    return step == 1 or step % every == 0
 
 
 def finite(value):
@@ -60,80 +63,16 @@ def layer_name(layer):
     return f"linear {layer.in_features}->{layer.out_features}"
 
 
-class StepBatches:
-    """The (images, labels) of each step of study.train(model, config, seed), drawn again as
-    solver.train_one_epoch draws them: one torch.randperm per epoch from a generator seeded
-    with `seed` (Study.fit), batches taken in order, the incomplete last one dropped. No random
-    shifts: study.config sets augment_shift 0 (a shift would draw from the generator too)."""
-
-    def __init__(self, data, batch_size, seed):
-        self.images, self.labels = data[0], data[1]
-        self.batch_size = batch_size
-        self.steps_per_epoch = len(self.images) // batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.orders = []
-
-    def batch(self, step):
-        """Step `step`, counted from 1 as solver.py counts iterations."""
-        epoch, index = divmod(step - 1, self.steps_per_epoch)
-        while len(self.orders) <= epoch:   # epochs in order: the generator's draws in order
-            order = torch.randperm(len(self.images), generator=self.generator)
-            self.orders.append(order.to(self.images.device))
-        rows = self.orders[epoch][index * self.batch_size:(index + 1) * self.batch_size]
-        return self.images.index_select(0, rows), self.labels.index_select(0, rows)
-
-
-@contextlib.contextmanager
-def before_steps(model, batches, every, measure):
-    """While open, measure(step, optimizer, images, labels) runs just before the training
-    optimizer's update of steps 1, every, 2 * every, ...: the model is still at the step's
-    weights, each .grad holds the loss gradient of that step's batch, and (images, labels) is
-    that batch (batches: a StepBatches of the same seed).
-
-    torch's global step pre-hook reaches the optimizer that study.train makes and keeps to
-    itself; the optimizer is the one holding `model`'s parameters (a copy that `measure` steps
-    is skipped). The batch is checked against the one the model was last called on, so a
-    measurement on the wrong batch stops the study rather than being recorded."""
-    first = next(model.parameters())
-    seen = {"step": 0, "input": None}
-
-    def keep_input(module, inputs):
-        seen["input"] = inputs[0]
-
-    def hook(optimizer, args, kwargs):
-        if optimizer.param_groups[0]["params"][0] is not first:
-            return   # a copy of the optimizer, stepped inside `measure`
-        seen["step"] += 1
-        step = seen["step"]
-        if step == 1 or step % every == 0:
-            images, labels = batches.batch(step)
-            if not torch.equal(images, seen["input"]):
-                raise RuntimeError(f"step {step}: the batch drawn again is not the one trained on")
-            with torch.enable_grad():
-                measure(step, optimizer, images, labels)
-
-    handles = [model.register_forward_pre_hook(keep_input),
-               register_optimizer_step_pre_hook(hook)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def draw_band(ax, steps, per_seed, color, label, style="-"):
     """A curve over training: per_seed[s][k] is seed s's value at steps[s][k]. The mean over
-    the seeds that have a finite value at a step as a line, their range as a band."""
+    the seeds that have a finite value at a step as a line, their range as a band
+    (common.draw_over_seeds, one step per x). Every seed counts, whatever its run's outcome:
+    the outcome is the run's end, not its steps (noisy's legend says which runs failed)."""
     by_step = {}
     for seed_steps, values in zip(steps, per_seed):
         for step, value in zip(seed_steps, values):
             if value is not None and math.isfinite(value):
                 by_step.setdefault(step, []).append(value)
     xs = sorted(by_step)
-    if not xs:
-        return
-    ax.plot(xs, [sum(by_step[x]) / len(by_step[x]) for x in xs], style, color=color,
-            label=label, lw=1.2)
-    if len(steps) > 1:
-        ax.fill_between(xs, [min(by_step[x]) for x in xs], [max(by_step[x]) for x in xs],
-                        color=color, alpha=0.18, lw=0)
+    draw_over_seeds(ax, xs, [by_step[x] for x in xs], [["ok"] * len(by_step[x]) for x in xs],
+                    color, label, fmt=style)

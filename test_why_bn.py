@@ -294,11 +294,8 @@ def test_smoothness_quick(quick):
     seeds = check_provenance(results)
     assert len(results["step_factors"]) >= 6
     assert min(results["step_factors"]) == 0.5 and max(results["step_factors"]) == 4
-    probe = results["larger_rate_probe"]
-    assert set(probe["rates"]) == {str(lr) for lr in smoothness.LARGER_RATES}
     settings = [(s["network"], s["learning_rate"]) for s in results["settings"]]
-    assert settings[:2] == [("mlp", 0.1), ("cnn", 0.1)]
-    assert len(settings) == 2 + (probe["chosen"] is not None)
+    assert settings == [("mlp", 0.1), ("cnn", 0.1), ("mlp", 0.2)]
     for setting in results["settings"]:
         for key in ("no_bn", "bn"):
             arm = setting[key]

@@ -13,7 +13,10 @@ from torch import nn
 import batchnorm
 import experiments
 import mlp
-from studies.common import draw_over_seeds
+import solver
+from studies.batch import batch_statistics_accuracy
+from studies.common import Study, draw_over_seeds, outcome, run_study
+from studies.figure1 import figure1_network
 from studies.small_batch import population_outcome
 
 
@@ -31,7 +34,7 @@ def test_every_study_writes_its_json_and_its_figure(quick_run):
 @pytest.mark.parametrize("init,std", [("glorot", (2 / (784 + 100)) ** 0.5), ("small", 0.01)])
 def test_figure1_network_is_the_papers(init, std):
     for bn in (False, True):
-        network = experiments.figure1_network(bn, init)
+        network = figure1_network(bn, init)
         linears = [m for m in network if isinstance(m, nn.Linear)]
         assert [(m.in_features, m.out_features) for m in linears] == [
             (784, 100), (100, 100), (100, 100), (100, 10)]
@@ -91,10 +94,12 @@ def test_batch_has_both_rate_rules_three_evaluations_and_the_batch_2_mechanism(q
 def test_batch_statistics_accuracy_leaves_the_running_estimates_alone(tiny_mnist):
     model = mlp.build_model("bn")
     before = [layer.running_mean.clone() for layer in batchnorm.batchnorm_layers(model)]
-    experiments.batch_statistics_accuracy(model, torch.randn(20, 1, 28, 28),
-                                          torch.zeros(20, dtype=torch.int64), 4)
+    model.eval()
+    batch_statistics_accuracy(model, torch.randn(20, 1, 28, 28),
+                              torch.zeros(20, dtype=torch.int64), 4)
     assert all(torch.equal(a, layer.running_mean)
                for a, layer in zip(before, batchnorm.batchnorm_layers(model)))
+    assert not model.training   # and its mode
 
 
 def test_momentum_arms_train_identically_and_01_follows_the_last_batches(quick_run):
@@ -105,6 +110,7 @@ def test_momentum_arms_train_identically_and_01_follows_the_last_batches(quick_r
     assert all(pair["trained_identically"] for pair in momentum["paired"])
     for pair in momentum["paired"]:
         assert 0 <= pair["share_09_wins"] + pair["share_ties"] <= 1
+    assert all(run["outcome"] in ("ok", "failed", "diverged") for run in runs)   # the rule
     for run in runs:
         momentum, batch_means, running = run["momentum"], run["batch_mean"], run["running_mean"]
         assert len(batch_means) == len(running) >= 2
@@ -150,6 +156,11 @@ def test_detach_shows_the_bias_gradient_is_zero_only_with_the_true_gradient(quic
     assert not arms["detached_no_bias"]["bias_norm"]             # no bias to follow
     assert all(g == 0 for seed in arms["detached_beta_frozen"]["beta_grad"] for g in seed)
     assert all(g > 0 for seed in arms["detached"]["beta_grad"] for g in seed)
+    from studies.detach import mlp_with_bias   # mlp.py's BN network, with the biases
+    biased, plain = mlp_with_bias(), mlp.build_model("bn")
+    assert [type(m) for m in biased] == [type(m) for m in plain]
+    assert [m.bias is not None for m in biased if isinstance(m, nn.Linear)] == [True, True, False]
+    assert all(m.bias is None for m in plain if isinstance(m, nn.Linear))
 
 
 def test_an_unknown_study_is_a_usage_error(capsys):
@@ -252,7 +263,7 @@ def test_population_arm_evaluates_a_recalibrated_copy_of_the_bn_run():
     label, acc = population_outcome(model, train_x, 4, test_x, test_y, 0.1)
     by_hand = batchnorm.recalibrate(copy.deepcopy(model), train_x.split(4))
     assert acc == (by_hand(test_x).argmax(dim=1) == test_y).float().mean().item()
-    assert acc != experiments.outcome(model, test_x, test_y, 0.1)[1]   # not the running ones
+    assert acc != outcome(model, test_x, test_y, 0.1)[1]               # not the running ones
     assert all(torch.equal(r, layer.running_mean)                      # the run is untouched
                for r, layer in zip(running, batchnorm.batchnorm_layers(model)))
 
@@ -277,13 +288,17 @@ def test_bn_after_the_relu_keeps_the_bias_before_it():
 
 
 def test_batch_survives_arms_that_diverge_at_once(tiny_mnist, tmp_path, monkeypatch):
-    import studies.batch
-    monkeypatch.setitem(studies.batch.RATES, "constant", lambda size: 1e30)
-    experiments.main(["batch", "--quick", "--data-dir", str(tiny_mnist), "--device", "cpu",
-                      "--out", str(tmp_path), "--figures", str(tmp_path)])
+    from studies import batch
+    monkeypatch.setitem(batch.RATES, "constant", lambda size: 1e30)
+    args = argparse.Namespace(quick=True, seed=0, seeds=1, out=str(tmp_path),
+                              figures=str(tmp_path))
+    run_study(batch, Study(args, solver.load_mnist(tiny_mnist, torch.device("cpu"))))
     constant = json.loads((tmp_path / "batch.json").read_text())["arms"]["constant"]
     assert all(seeds == ["diverged"] for seeds in constant["bn_outcome"] + constant["no_bn_outcome"])
     assert constant["bn_eval"][0] == [None] and (tmp_path / "batch_size.png").exists()
+    # diverged in the first window: no window completed, so nothing of the mechanism recorded
+    assert all(seeds == [None] for seeds in constant["x_hat_near_one"]
+               + constant["first_grad_norm_bn"] + constant["bn_population"])
 
 
 def test_redraw_draws_the_figures_again_from_the_json(quick_run, tmp_path, capsys):

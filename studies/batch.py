@@ -8,26 +8,41 @@ import torch
 from torch import nn
 
 import batchnorm
-from studies.common import (color, draw_over_seeds, mean_and_range, mlp_with, outcome,
-                            print_table, provenance, show_seeds)
+from studies.common import (color, draw_over_seeds, markdown_table, mean_and_range, mlp_with,
+                            module_input, outcome, preserved, show_seeds)
 
+NAME = "batch"
+QUESTION = "batch size: eval mode against a forgotten model.eval(), and why batch 2 fails"
 FIGURES = ("batch_size.png",)
 RATES = {"constant": lambda size: 0.1, "linear": lambda size: 0.1 * size / 100}
+RULES = {"constant": "lr 0.1 at every batch size", "linear": "lr = 0.1 * batch / 100"}
 NEAR_ONE = 1e-3   # |x_hat| within this of 1: what BN's output is for 2 values per channel
+MEASURED = ("test_acc", "outcome", "last_window_acc", "first_grad_norm", "x_hat_near_one",
+            "batch_stats", "population")   # a job's result; the last three with BN only
 
 
 @torch.no_grad()
 def batch_statistics_accuracy(model, images, labels, batch_size):
     """Test accuracy with BN left in training mode (a forgotten model.eval()), batches of
-    batch_size. On a copy, so that the running estimates of the real model are not moved."""
-    model = copy.deepcopy(model).train()
+    batch_size; the model's running estimates are then put back as they were."""
     correct = 0
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        if len(batch) < 2:   # a batch of one has no variance
-            break
-        correct += (model(batch).argmax(dim=1) == labels[start:start + len(batch)]).sum().item()
+    with preserved(model):
+        model.train()
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            if len(batch) < 2:   # a batch of one has no variance
+                break
+            correct += (model(batch).argmax(dim=1) == labels[start:start + len(batch)]).sum().item()
     return correct / len(images)
+
+
+def population_accuracy(model, images, test_x, test_y, batch_size):
+    """Test accuracy of a copy of the model with population statistics from `images` in
+    batches of batch_size (the BN paper's Algorithm 2, `recalibrate`)."""
+    population = copy.deepcopy(model)
+    batchnorm.recalibrate(population, images[: len(images) // batch_size * batch_size]
+                          .split(batch_size))
+    return outcome(population, test_x, test_y, 0.0)[1]
 
 
 def last(values):
@@ -40,90 +55,105 @@ def mean(values):
 
 
 class Mechanism:
-    """What the first BN layer and the first linear layer see in training, at the last window:
-    the share of x_hat within NEAR_ONE of +-1, and the first layer's weight-gradient norm."""
+    """What the first BN layer and the first linear layer see in training, at the last step of
+    each window: the share of x_hat within NEAR_ONE of +-1, and the first layer's weight-gradient
+    norm. Measured in on_step, kept in on_window: only windows that completed with a finite loss
+    count, as in history["train"]."""
 
-    def __init__(self, model):
+    def __init__(self, model, config, steps_per_epoch):
         self.first_linear = next(m for m in model.modules() if isinstance(m, nn.Linear))
         self.first_bn = (batchnorm.batchnorm_layers(model) or [None])[0]
+        self.disp_freq, self.steps_per_epoch = config["disp_freq"], steps_per_epoch
         self.x_hat_near_one, self.first_grad_norm = [], []
-        self.latest = None
+        self.pending = None
+
+    def on_step(self, iteration, model, optimizer, images, labels, loss):
+        """At a window's last step (solver.train_one_epoch's rule): this step's gradient, and
+        x_hat of the first BN layer's input on this step's images."""
+        if iteration % self.disp_freq and iteration % self.steps_per_epoch:
+            return
+        near = None
         if self.first_bn is not None:
-            self.first_bn.register_forward_pre_hook(self._keep)
-
-    def _keep(self, layer, inputs):
-        if layer.training:
-            self.latest = inputs[0].detach()
-
-    def record(self, iteration, model):
-        self.first_grad_norm.append(self.first_linear.weight.grad.norm().item())
-        if self.latest is not None:
-            x = self.latest
+            x = module_input(model, self.first_bn, images)
             x_hat = (x - x.mean(dim=0)) / torch.sqrt(x.var(dim=0, unbiased=False)
                                                      + self.first_bn.eps)
             near = ((x_hat.abs() - 1).abs() < NEAR_ONE).float().mean().item()
+        self.pending = (self.first_linear.weight.grad.norm().item(), near)
+
+    def on_window(self, iteration, model):
+        grad_norm, near = self.pending
+        self.first_grad_norm.append(grad_norm)
+        if near is not None:
             self.x_hat_near_one.append(near)
 
 
-def run(study):
-    """Batch sizes 2..512, each seeing one epoch, at both rate rules."""
-    sizes = [2, 8, 32, 100] if study.quick else [2, 4, 8, 32, 100, 512]
-    train_x, _, test_x, test_y = study.data
-    recalibration = train_x[:10_000]   # population statistics from these, in batches of B
-    results = {"provenance": provenance(study.seeds), "sizes": sizes,
-               "rules": {"constant": "lr 0.1 at every batch size",
-                         "linear": "lr = 0.1 * batch / 100"},
-               "epochs": 1, "arms": {}}
-    for rule, rate in RATES.items():
-        arm = {key: [] for key in ("lr", "no_bn", "no_bn_outcome", "bn_eval", "bn_outcome",
-                                   "bn_batch_stats", "bn_population", "bn_last_window_acc",
-                                   "no_bn_last_window_acc", "x_hat_near_one",
-                                   "first_grad_norm_bn", "first_grad_norm_no_bn")}
-        for size in sizes:
-            config = study.config(batch_size=size, learning_rate=rate(size),
-                                  disp_freq=max(1, 5000 // size))
-            cell = {key: [] for key in arm if key != "lr"}
-            for seed in study.seeds:
-                for bn in (True, False):
-                    model = study.model(mlp_with(bn), seed)
-                    mechanism = Mechanism(model)
-                    history, verdict, acc = study.train(model, config, seed,
-                                                        on_window=mechanism.record)
-                    tag = "bn" if bn else "no_bn"
-                    cell["bn_eval" if bn else "no_bn"].append(acc)
-                    cell[f"{tag}_outcome"].append(verdict)
-                    # a run that diverged in its first window has recorded none of these
-                    cell[f"{tag}_last_window_acc"].append(last(history["train"]["acc"]))
-                    cell[f"first_grad_norm_{tag}"].append(last(mechanism.first_grad_norm))
-                    if not bn:
-                        continue
-                    cell["x_hat_near_one"].append(last(mechanism.x_hat_near_one))
-                    diverged = verdict == "diverged"
-                    cell["bn_batch_stats"].append(
-                        None if diverged else batch_statistics_accuracy(model, test_x, test_y,
-                                                                        size))
-                    population = copy.deepcopy(model)
-                    batchnorm.recalibrate(population, recalibration[
-                        : len(recalibration) // size * size].split(size))
-                    cell["bn_population"].append(
-                        None if diverged else outcome(population, test_x, test_y, 0.0)[1])
-            arm["lr"].append(rate(size))
-            for key, values in cell.items():
-                arm[key].append(values)
-            study.progress("batch", f"{rule} rate, batch {size}, lr {rate(size):g}",
-                           f"BN {show_seeds(cell['bn_eval'])}, "
-                           f"no BN {show_seeds(cell['no_bn'])}")
-        results["arms"][rule] = arm
+def sizes_of(study):
+    return [2, 8, 32, 100] if study.quick else [2, 4, 8, 32, 100, 512]
 
-    print_table(["rate", "batch", "lr", "BN eval", "BN population", "BN batch stats", "no BN",
-                 "x_hat at +-1", "BN last window"],
-                [(rule, size, f"{arm['lr'][i]:g}", show_seeds(arm["bn_eval"][i]),
-                  show_seeds(arm["bn_population"][i]), show_seeds(arm["bn_batch_stats"][i]),
-                  show_seeds(arm["no_bn"][i]),
-                  f"{mean(arm['x_hat_near_one'][i]):.2f}",
-                  show_seeds(arm["bn_last_window_acc"][i]))
-                 for rule, arm in results["arms"].items() for i, size in enumerate(sizes)])
-    study.save("batch", results, draw(results), FIGURES[0])
+
+def trainings(study):
+    """Each rate rule and batch size, at every seed, with BN and then without."""
+    return [{"rule": rule, "batch": size, "seed": seed, "arm": arm}
+            for rule in RATES for size in sizes_of(study) for seed in study.seeds
+            for arm in ("bn", "no_bn")]
+
+
+def train_one(study, job):
+    """One epoch at the job's batch size and rule's rate; with BN, also evaluated with the test
+    batches' statistics and with population statistics (None where the loss diverged)."""
+    size, bn = job["batch"], job["arm"] == "bn"
+    train_x, _, test_x, test_y = study.data
+    config = study.config(batch_size=size, learning_rate=RATES[job["rule"]](size),
+                          disp_freq=max(1, 5000 // size))
+    model = study.model(mlp_with(bn), job["seed"])
+    mechanism = Mechanism(model, config, len(train_x) // size)
+    history, verdict, acc = study.train(model, config, job["seed"], on_step=mechanism.on_step,
+                                        on_window=mechanism.on_window)
+    # a run that diverged in its first window has recorded none of these
+    result = {"test_acc": acc, "outcome": verdict,
+              "last_window_acc": last(history["train"]["acc"]),
+              "first_grad_norm": last(mechanism.first_grad_norm)}
+    if bn:
+        diverged = verdict == "diverged"
+        result.update(x_hat_near_one=last(mechanism.x_hat_near_one),
+                      batch_stats=None if diverged else batch_statistics_accuracy(
+                          model, test_x, test_y, size),
+                      population=None if diverged else population_accuracy(
+                          model, train_x[:10_000], test_x, test_y, size))
+    return result
+
+
+def assemble(study, jobs, results):
+    """Per rule, per batch size, a list over seeds of each number (arm keys as before)."""
+    sizes = sizes_of(study)
+    keys = {"bn": {"test_acc": "bn_eval", "outcome": "bn_outcome",
+                   "batch_stats": "bn_batch_stats", "population": "bn_population",
+                   "last_window_acc": "bn_last_window_acc", "x_hat_near_one": "x_hat_near_one",
+                   "first_grad_norm": "first_grad_norm_bn"},
+            "no_bn": {"test_acc": "no_bn", "outcome": "no_bn_outcome",
+                      "last_window_acc": "no_bn_last_window_acc",
+                      "first_grad_norm": "first_grad_norm_no_bn"}}
+    arms = {}
+    for rule, rate in RATES.items():
+        arm = {"lr": [rate(size) for size in sizes],
+               **{name: [[] for _ in sizes] for names in keys.values() for name in names.values()}}
+        for job, result in zip(jobs, results):
+            if job["rule"] == rule:
+                for key, name in keys[job["arm"]].items():
+                    arm[name][sizes.index(job["batch"])].append(result[key])
+        arms[rule] = arm
+    return {"sizes": sizes, "rules": RULES, "epochs": 1, "arms": arms}
+
+
+def table(results):
+    return markdown_table(
+        ["rate", "batch", "lr", "BN eval", "BN population", "BN batch stats", "no BN",
+         "x_hat at +-1", "BN last window"],
+        [(rule, size, f"{arm['lr'][i]:g}", show_seeds(arm["bn_eval"][i]),
+          show_seeds(arm["bn_population"][i]), show_seeds(arm["bn_batch_stats"][i]),
+          show_seeds(arm["no_bn"][i]), f"{mean(arm['x_hat_near_one'][i]):.2f}",
+          show_seeds(arm["bn_last_window_acc"][i]))
+         for rule, arm in results["arms"].items() for i, size in enumerate(results["sizes"])])
 
 
 def draw(results):
@@ -164,4 +194,4 @@ def draw(results):
     twin.legend(fontsize=7, loc="lower left")
     axes[2].grid(alpha=0.3)
     fig.suptitle("Batch size: MLP 784-128-64-10, one epoch each (band: range over seeds)")
-    return fig
+    return [fig]

@@ -10,14 +10,20 @@ from torch import nn
 import batchnorm
 import solver
 from batchnorm import BatchNorm1d
-from studies.common import (color, draw_over_seeds, outcome, print_table, provenance,
+from studies.common import (color, draw_over_seeds, markdown_table, module_input, outcome,
                             show_seeds)
 
+NAME = "figure1"
+QUESTION = "the BN paper's Figure 1, its network and its three panels"
 FIGURES = ("bn_paper_figure1.png",)
 ARMS = {  # name in figure1.json -> (with BN?, initialisation of every weight)
     "bn": (True, "glorot"), "no_bn": (False, "glorot"), "no_bn_small_init": (False, "small")}
 TITLES = {"bn": "with BN", "no_bn": "without BN", "no_bn_small_init": "without BN, N(0, 0.01²)"}
 UNIT = 0   # the unit of the last hidden layer whose input panels (b)-(d) follow
+BATCH = 60
+RULE = ("plain SGD, lr 0.1, batch 60, binary input; Glorot uniform weights (the small-init "
+        "arm: N(0, 0.01^2)), biases 0; BN evaluated with population statistics from 100 "
+        "training batches of 60")
 
 
 def figure1_network(bn, init="glorot"):
@@ -47,80 +53,88 @@ def figure1_network(bn, init="glorot"):
     return network
 
 
-@torch.no_grad()
 def last_sigmoid_input(model, images):
-    """The percentiles of UNIT's input to the last sigmoid, over `images`, in eval mode."""
+    """The percentiles of UNIT's input to the last sigmoid, over `images`, with the model in
+    the mode it is in (as_at_inference's copies: eval mode)."""
     last_sigmoid = [m for m in model if isinstance(m, nn.Sigmoid)][-1]
-    seen = {}
-    hook = last_sigmoid.register_forward_pre_hook(lambda m, inputs: seen.update(x=inputs[0]))
-    mode = model.training
-    model.eval()
-    model(images)
-    model.train(mode)
-    hook.remove()
-    return solver.percentiles(seen["x"][:, UNIT])
+    return solver.percentiles(module_input(model, last_sigmoid, images)[:, UNIT])
 
 
 def as_at_inference(model, batches):
-    """The network as the paper evaluates it: BN with population statistics (Algorithm 2,
-    `recalibrate`) from fixed training batches; without BN, the network itself."""
-    if not batchnorm.batchnorm_layers(model):
-        return model
-    return batchnorm.recalibrate(copy.deepcopy(model), batches)
+    """A copy of the network in eval mode, as the paper evaluates it: BN with population
+    statistics (Algorithm 2, `recalibrate`) from fixed training batches."""
+    at_inference = copy.deepcopy(model).eval()
+    if batchnorm.batchnorm_layers(at_inference):
+        batchnorm.recalibrate(at_inference, batches)
+    return at_inference
 
 
-def run(study):
-    """Section 4.1: 50,000 steps of 60 binary images; plain SGD at the report's rate, 0.1."""
+def binary_data(study):
+    """study.data with every pixel 0 or 1: "a 28x28 binary image" (pixel >= 0.5 in [0, 1])."""
     train_x, train_y, test_x, test_y = study.data
-    threshold = (0.5 - solver.MNIST_MEAN) / solver.MNIST_STD   # pixel >= 0.5 in [0, 1] terms
-    binary = lambda images: (images >= threshold).float()     # "a 28x28 binary image"
-    data = (binary(train_x), train_y, binary(test_x), test_y)
+    threshold = (0.5 - solver.MNIST_MEAN) / solver.MNIST_STD
+    return ((train_x >= threshold).float(), train_y, (test_x >= threshold).float(), test_y)
+
+
+def training_config(study):
+    """Section 4.1: 50,000 steps of 60 images (quick: 60), in whole epochs covering them; plain
+    SGD at the report's rate, 0.1; a test point every 500 steps (quick: 10)."""
     steps, every = (60, 10) if study.quick else (50_000, 500)
-    per_epoch = len(train_x) // 60
-    config = study.config(batch_size=60, momentum=0.0, weight_decay=0.0, disp_freq=every,
-                          max_epoch=-(-steps // per_epoch))   # whole epochs covering `steps`
+    per_epoch = len(study.data[0]) // BATCH
+    return study.config(batch_size=BATCH, momentum=0.0, weight_decay=0.0, disp_freq=every,
+                        max_epoch=-(-steps // per_epoch))
+
+
+def trainings(study):
+    return [{"arm": name, "seed": seed} for name in ARMS for seed in study.seeds]
+
+
+def train_one(study, job):
+    """One arm at one seed: after every window, the test accuracy and UNIT's percentiles of
+    the network as at inference."""
+    bn, init = ARMS[job["arm"]]
+    data = binary_data(study)
     probe_images = data[2][:1000]
-    population_batches = data[0][:6000].split(60)   # 100 fixed training batches, as in training
-    results = {"provenance": provenance(study.seeds),
-               "rule": "plain SGD, lr 0.1, batch 60, binary input; Glorot uniform weights (the "
-                       "small-init arm: N(0, 0.01^2)), biases 0; BN evaluated with population "
-                       "statistics from 100 training batches of 60",
-               "steps": config["max_epoch"] * per_epoch, "unit": UNIT}
-    for name, (bn, init) in ARMS.items():
-        record = {"step": [], "test_acc": [], "outcome": [], "final_test_acc": [],
-                  "p15": [], "p50": [], "p85": []}
-        for seed in study.seeds:
-            curve = {"test_acc": [], "p15": [], "p50": [], "p85": []}
-            steps_seen = []
+    population_batches = data[0][:6000].split(BATCH)   # 100 fixed training batches
+    steps, curve = [], {"test_acc": [], "p15": [], "p50": [], "p85": []}
 
-            def on_window(iteration, model):
-                steps_seen.append(iteration)
-                at_inference = as_at_inference(model, population_batches)
-                curve["test_acc"].append(solver.evaluate(at_inference, data[2], data[3])[1])
-                for key, value in last_sigmoid_input(at_inference, probe_images).items():
-                    curve[key].append(value)
-                model.train()
+    def on_window(iteration, model):
+        steps.append(iteration)
+        at_inference = as_at_inference(model, population_batches)
+        curve["test_acc"].append(solver.evaluate(at_inference, data[2], data[3])[1])
+        for key, value in last_sigmoid_input(at_inference, probe_images).items():
+            curve[key].append(value)
 
-            network = study.model(lambda: figure1_network(bn, init), seed)
-            history, label, _ = study.train(network, config, seed, on_window=on_window,
-                                            data=data)
-            if label != "diverged":   # the final verdict on the network as at inference
-                label, _ = outcome(as_at_inference(network, population_batches), data[2],
-                                   data[3], history["train"]["loss"][-1])
-            record["step"] = steps_seen
-            for key, values in curve.items():
-                record[key].append(values)
-            record["outcome"].append(label)
-            record["final_test_acc"].append(curve["test_acc"][-1] if curve["test_acc"] else None)
-        results[name] = record
-        study.progress("figure1", f"{TITLES[name]}, {results['steps']:,} steps",
-                       show_seeds(record["final_test_acc"]))
+    network = study.model(lambda: figure1_network(bn, init), job["seed"])
+    history, label, _ = study.train(network, training_config(study), job["seed"],
+                                    on_window=on_window, data=data)
+    if label != "diverged":   # the final verdict on the network as at inference
+        label, _ = outcome(as_at_inference(network, population_batches), data[2], data[3],
+                           history["train"]["loss"][-1])
+    return {"outcome": label, "test_acc": curve["test_acc"][-1] if steps else None,
+            "step": steps, "curve": curve}
 
-    print_table(["network", "test acc at the end (seeds)", "p15 / p50 / p85 at the end, seed 0"],
-                [(TITLES[name], show_seeds(results[name]["final_test_acc"]),
-                  " / ".join(f"{results[name][p][0][-1]:+.2f}" for p in ("p15", "p50", "p85")))
-                 for name in ARMS if results[name]["step"]])
-    study.save("figure1", results, draw(results), FIGURES[0])
+
+def assemble(study, jobs, results):
+    config = training_config(study)
+    record = {"rule": RULE, "steps": config["max_epoch"] * (len(study.data[0]) // BATCH),
+              "unit": UNIT}
+    for name in ARMS:
+        runs = [result for job, result in zip(jobs, results) if job["arm"] == name]
+        record[name] = {"step": runs[-1]["step"],
+                        "test_acc": [run["curve"]["test_acc"] for run in runs],
+                        "outcome": [run["outcome"] for run in runs],
+                        "final_test_acc": [run["test_acc"] for run in runs],
+                        **{p: [run["curve"][p] for run in runs] for p in ("p15", "p50", "p85")}}
+    return record
+
+
+def table(results):
+    return markdown_table(
+        ["network", "test acc at the end (seeds)", "p15 / p50 / p85 at the end, first seed"],
+        [(TITLES[name], show_seeds(results[name]["final_test_acc"]),
+          " / ".join(f"{results[name][p][0][-1]:+.2f}" for p in ("p15", "p50", "p85")))
+         for name in ARMS if results[name]["step"]])
 
 
 def draw(results):
@@ -151,4 +165,4 @@ def draw(results):
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle("The BN paper's Figure 1, redone: 3 x 100 sigmoid units, batches of 60")
-    return fig
+    return [fig]

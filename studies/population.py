@@ -10,10 +10,14 @@ import batchnorm
 import cnn
 import mlp
 import solver
-from studies.common import accuracy, print_table, provenance, show_seeds
+from studies.common import markdown_table, show_seeds
 
+NAME = "population"
+QUESTION = "momentum running estimates against population statistics"
 FIGURES = ("population_statistics.png",)
+SCRIPTS = {"mlp": mlp, "cnn": cnn}
 SMALL_BATCHES = [2, 4, 8]
+COMPARED = ("running_acc", "population_acc", "gaps")   # what compare() returns, in order
 
 
 def estimate_gaps(running, population):
@@ -34,51 +38,63 @@ def compare(model, train_x, test_x, test_y, batch_size):
     population = copy.deepcopy(model)
     batchnorm.recalibrate(population, train_x[: len(train_x) // batch_size * batch_size]
                           .split(batch_size))
-    return (accuracy(model, test_x, test_y), solver.evaluate(population, test_x, test_y)[1],
+    return (solver.evaluate(model, test_x, test_y)[1],
+            solver.evaluate(population, test_x, test_y)[1],
             estimate_gaps(batchnorm.batchnorm_layers(model),
                           batchnorm.batchnorm_layers(population)))
 
 
-def run(study):
-    epochs = 1 if study.quick else 5
+def epochs_of(study):
+    return 1 if study.quick else 5
+
+
+def trainings(study):
+    """The MLP and the CNN at batch 100, compared after each epoch; then the MLP at each small
+    batch, compared after one epoch."""
+    return ([{"network": name, "batch": 100, "seed": seed}
+             for name in SCRIPTS for seed in study.seeds]
+            + [{"network": "mlp", "batch": size, "seed": seed}
+               for size in SMALL_BATCHES for seed in study.seeds])
+
+
+def train_one(study, job):
+    """{"running_acc", "population_acc", "gaps"}: lists over epochs at batch 100; at a small
+    batch (one epoch, the rate scaled with the batch as in `batch`), the one comparison."""
+    name, size = job["network"], job["batch"]
     train_x, _, test_x, test_y = study.data
-    results = {"provenance": provenance(study.seeds), "epochs": epochs, "models": {},
-               "small_batches": {"mlp": {"batch": SMALL_BATCHES, "running_acc": [],
-                                         "population_acc": [], "gaps": []}}}
-    for name, script in (("mlp", mlp), ("cnn", cnn)):   # batch 100, after each epoch
-        record = {"epoch": list(range(1, epochs + 1)), "running_acc": [], "population_acc": [],
-                  "gaps": []}
-        for seed in study.seeds:
-            per_seed = {"running_acc": [], "population_acc": [], "gaps": []}
-            model = study.model(lambda: script.build_model("bn"), seed)
-
-            def on_epoch(epoch, lr):
-                for key, value in zip(per_seed, compare(model, train_x, test_x, test_y, 100)):
-                    per_seed[key].append(value)
-
-            study.fit(model, study.config(max_epoch=epochs), on_epoch=on_epoch, seed=seed)
-            for key, values in per_seed.items():
-                record[key].append(values)
-        results["models"][name] = record
-        study.progress("population", f"{name} with BN, {epochs} epochs, batch 100",
-                       f"running {show_seeds([r[-1] for r in record['running_acc']])}, "
-                       f"population {show_seeds([p[-1] for p in record['population_acc']])}")
-    small = results["small_batches"]["mlp"]
-    for size in SMALL_BATCHES:   # one epoch, the rate scaled with the batch as in `batch`
+    model = study.model(lambda: SCRIPTS[name].build_model("bn"), job["seed"])
+    if size in SMALL_BATCHES:
         config = study.config(batch_size=size, learning_rate=0.1 * size / 100,
                               disp_freq=max(1, 5000 // size))
-        cell = {"running_acc": [], "population_acc": [], "gaps": []}
-        for seed in study.seeds:
-            model = study.model(lambda: mlp.build_model("bn"), seed)
-            study.fit(model, config, seed=seed)
-            for key, value in zip(cell, compare(model, train_x, test_x, test_y, size)):
-                cell[key].append(value)
-        for key, values in cell.items():
-            small[key].append(values)
-        study.progress("population", f"mlp with BN, batch {size}, one epoch",
-                       f"running {show_seeds(cell['running_acc'])}, "
-                       f"population {show_seeds(cell['population_acc'])}")
+        study.fit(model, config, seed=job["seed"])
+        return dict(zip(COMPARED, compare(model, train_x, test_x, test_y, size)))
+    per_epoch = {key: [] for key in COMPARED}
 
+    def on_epoch(epoch, lr):
+        for key, value in zip(COMPARED, compare(model, train_x, test_x, test_y, size)):
+            per_epoch[key].append(value)
+
+    study.fit(model, study.config(max_epoch=epochs_of(study)), on_epoch=on_epoch,
+              seed=job["seed"])
+    return per_epoch
+
+
+def assemble(study, jobs, results):
+    epochs = epochs_of(study)
+    models = {name: {"epoch": list(range(1, epochs + 1)), **{key: [] for key in COMPARED}}
+              for name in SCRIPTS}
+    small = {"batch": SMALL_BATCHES, **{key: [[] for _ in SMALL_BATCHES] for key in COMPARED}}
+    for job, result in zip(jobs, results):
+        for key in COMPARED:
+            if job["batch"] in SMALL_BATCHES:
+                small[key][SMALL_BATCHES.index(job["batch"])].append(result[key])
+            else:
+                models[job["network"]][key].append(result[key])
+    return {"epochs": epochs, "models": models, "small_batches": {"mlp": small}}
+
+
+def table(results):
+    small = results["small_batches"]["mlp"]
     largest = lambda pops, runs: f"{max(abs(p - r) for p, r in zip(pops, runs)):.2%}"
     rows = [(name, f"epoch {e}", show_seeds([r[i] for r in rec["running_acc"]]),
              show_seeds([p[i] for p in rec["population_acc"]]),
@@ -88,9 +104,8 @@ def run(study):
               show_seeds(small["population_acc"][i]),
               largest(small["population_acc"][i], small["running_acc"][i]))
              for i, size in enumerate(small["batch"])]
-    print_table(["model", "when", "test acc, running", "test acc, population",
-                 "largest |difference| over seeds"], rows)
-    study.save("population", results, draw(results), FIGURES[0])
+    return markdown_table(["model", "when", "test acc, running", "test acc, population",
+                           "largest |difference| over seeds"], rows)
 
 
 def draw(results):
@@ -127,4 +142,4 @@ def draw(results):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fig.suptitle("Momentum estimates against population statistics (each line or square: a seed)")
-    return fig
+    return [fig]

@@ -9,9 +9,12 @@ import batchnorm
 import cnn
 import mlp
 import plot
-from studies.common import draw_over_seeds, outcome, print_table, provenance, show_seeds
+from studies.common import draw_over_seeds, markdown_table, outcome, show_seeds
 
+NAME = "small_batch"
+QUESTION = "BN, Batch Renorm, GroupNorm, LayerNorm at batches 2-128"
 FIGURES = ("small_batch.png",)
+SCRIPTS = {"mlp": mlp, "cnn": cnn}
 SIZES = [2, 4, 8, 16, 32, 128]
 IMAGES = 20_000   # every batch size sees the same first 20,000 training images, once
 NORMS = ["bn", "brn", "gn", "ln", "none"]   # trained; "bn_population" re-evaluates the BN runs
@@ -31,38 +34,63 @@ def population_outcome(model, train_x, batch_size, test_x, test_y, train_loss):
     return outcome(population, test_x, test_y, train_loss)
 
 
-def run(study):
-    sizes, images = ([2, 16], 200) if study.quick else (SIZES, IMAGES)
+def settings(study):
+    """(batch sizes, training images): quick: two sizes on 200 images."""
+    return ([2, 16], 200) if study.quick else (SIZES, IMAGES)
+
+
+def trainings(study):
+    """Both networks, every batch size, each trained normalization, at every seed."""
+    return [{"network": name, "batch": size, "norm": norm, "seed": seed}
+            for name in SCRIPTS for size in settings(study)[0] for norm in NORMS
+            for seed in study.seeds]
+
+
+def train_one(study, job):
+    """One pass over the first images at the job's batch size, lr 0.1 * batch / 100; a BN run
+    is also evaluated with population statistics ("population": {"outcome", "test_acc"})."""
+    size, images = job["batch"], settings(study)[1]
     train_x, train_y, test_x, test_y = study.data
     data = (train_x[:images], train_y[:images], test_x, test_y)
-    results = {"provenance": provenance(study.seeds), "sizes": sizes, "images": len(data[0]),
-               "rule": RULE, "models": {}}
-    for name, script in (("mlp", mlp), ("cnn", cnn)):
-        record = {arm: {"test_acc": [], "outcome": []} for arm in ARMS}
-        for size in sizes:
-            config = study.config(batch_size=size, learning_rate=0.1 * size / 100,
-                                  disp_freq=max(1, 5000 // size))
-            cell = {arm: {"test_acc": [], "outcome": []} for arm in ARMS}
-            for norm in NORMS:
-                for seed in study.seeds:
-                    model = study.model(lambda: script.build_model(norm), seed)
-                    history, label, acc = study.train(model, config, seed, data=data)
-                    cell[norm]["test_acc"].append(acc)
-                    cell[norm]["outcome"].append(label)
-                    if norm == "bn":   # the same run, evaluated with population statistics
-                        if label != "diverged":
-                            label, acc = population_outcome(model, data[0], size, test_x, test_y,
-                                                            history["train"]["loss"][-1])
-                        cell["bn_population"]["test_acc"].append(acc)
-                        cell["bn_population"]["outcome"].append(label)
-            for arm in ARMS:
-                record[arm]["test_acc"].append(cell[arm]["test_acc"])
-                record[arm]["outcome"].append(cell[arm]["outcome"])
-            study.progress("small_batch", f"{name}, batch {size}, lr {config['learning_rate']:g}",
-                           ", ".join(f"{arm} {show_seeds(cell[arm]['test_acc'])}"
-                                     for arm in ("bn", "gn", "none")))
-        results["models"][name] = record
+    config = study.config(batch_size=size, learning_rate=0.1 * size / 100,
+                          disp_freq=max(1, 5000 // size))
+    model = study.model(lambda: SCRIPTS[job["network"]].build_model(job["norm"]), job["seed"])
+    history, label, acc = study.train(model, config, job["seed"], data=data)
+    result = {"outcome": label, "test_acc": acc}
+    if job["norm"] == "bn":   # the same run, evaluated with population statistics
+        if label != "diverged":
+            label, acc = population_outcome(model, data[0], size, test_x, test_y,
+                                            history["train"]["loss"][-1])
+        result["population"] = {"outcome": label, "test_acc": acc}
+    return result
 
+
+def assemble(study, jobs, results):
+    sizes, images = settings(study)
+    models = {name: {arm: {"test_acc": [[] for _ in sizes], "outcome": [[] for _ in sizes]}
+                     for arm in ARMS} for name in SCRIPTS}
+    for job, result in zip(jobs, results):
+        record, at = models[job["network"]], sizes.index(job["batch"])
+        arms = [(job["norm"], result)]
+        if "population" in result:
+            arms.append(("bn_population", result["population"]))
+        for arm, measured in arms:
+            for key in ("test_acc", "outcome"):
+                record[arm][key][at].append(measured[key])
+    return {"sizes": sizes, "images": min(images, len(study.data[0])), "rule": RULE,
+            "models": models}
+
+
+def table(results):
+    return markdown_table(["model", "batch", *ARMS],
+                          [(name, size, *(show_seeds(record[arm]["test_acc"][i]) for arm in ARMS))
+                           for name, record in results["models"].items()
+                           for i, size in enumerate(results["sizes"])])
+
+
+def draw(results):
+    """The figure from small_batch.json's numbers (also `experiments.py small_batch --redraw`)."""
+    sizes = results["sizes"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     for ax, (name, record) in zip(axes, results["models"].items()):
         for arm in ARMS:
@@ -73,13 +101,10 @@ def run(study):
                             plot.NORM_COLORS[norm], label,
                             fmt="s--" if arm == "bn_population" else "o-")
         ax.set(xscale="log", xlabel="batch size (training)", ylabel="test accuracy, eval mode",
-               title=f"{name.upper()}: {len(data[0]):,} training images at every batch size")
+               title=f"{name.upper()}: {results['images']:,} training images at every batch size")
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("Small batches: BN against the layers that do not depend on the batch "
                  "(mean over seeds, band: their range)")
-    print_table(["model", "batch", *ARMS],
-                [(name, size, *(show_seeds(record[arm]["test_acc"][i]) for arm in ARMS))
-                 for name, record in results["models"].items() for i, size in enumerate(sizes)])
-    study.save("small_batch", results, fig, FIGURES[0])
+    return [fig]

@@ -18,13 +18,12 @@ GN_GROUPS = 8
 config = dict(solver.DEFAULTS)   # the report's recipe (and ours: see solver.DEFAULTS) as it is
 
 
-def build_model(norm: str = "none", bias: bool = False) -> nn.Module:
-    """norm: a name of batchnorm.NORMALIZATIONS ("bn", "ln", "gn", "brn", "none").
-    bias=True gives the hidden linear layers a bias (experiments.py's `detach` study)."""
+def build_model(norm: str = "none") -> nn.Module:
+    """norm: a name of batchnorm.NORMALIZATIONS ("bn", "ln", "gn", "brn", "none")."""
     def hidden(n_in, n_out):
         # linear -> [norm] -> ReLU: the layer normalises the input of each nonlinearity,
         # as in the BN paper
-        return [nn.Linear(n_in, n_out, bias=bias),
+        return [nn.Linear(n_in, n_out, bias=False),
                 *norm_layers(norm, n_out, rank=2, groups=GN_GROUPS),
                 nn.ReLU()]
 

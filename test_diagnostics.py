@@ -1,7 +1,8 @@
 """studies/diagnostics.py: layer_diagnostics against answers known by construction or computed
-by hand, the model left as it was, and the study's quick run on the tiny IDX data."""
+by hand, the model left as it was, and the study's quick run on the tiny IDX data (conftest.py's
+quick_run)."""
+import argparse
 import copy
-import json
 import math
 
 import pytest
@@ -11,9 +12,12 @@ from torch import nn
 
 import batchnorm
 import cnn
-import experiments
 import mlp
+import solver
 from studies import diagnostics
+from studies.common import Study
+from studies.diagnostics import layer_diagnostics
+from studies.figure1 import figure1_network
 
 
 def images_and_labels(n=32, shape=(1, 28, 28), seed=0):
@@ -27,10 +31,10 @@ def test_a_relu_layer_with_only_negative_inputs_is_all_dead():
     images, labels = torch.rand(16, 4) + 0.1, torch.arange(16) % 10   # every input positive
     with torch.no_grad():
         model[0].weight.uniform_(-2.0, -1.0)   # so every ReLU input is negative
-    assert experiments.layer_diagnostics(model, images, labels)["layers"][0]["dead"] == 1.0
+    assert layer_diagnostics(model, images, labels)["layers"][0]["dead"] == 1.0
     with torch.no_grad():
         model[0].weight.neg_()   # and now every one positive
-    layer = experiments.layer_diagnostics(model, images, labels)["layers"][0]
+    layer = layer_diagnostics(model, images, labels)["layers"][0]
     assert layer["dead"] == 0.0 and layer["saturated"] is None
 
 
@@ -39,11 +43,11 @@ def test_a_sigmoid_layer_driven_to_large_inputs_is_all_saturated():
     images = torch.tensor([[1.0, 0.0], [-1.0, 0.0]]).repeat(8, 1)
     with torch.no_grad():
         model[0].weight.uniform_(50.0, 60.0)   # inputs of +-50 or more: 0 or 1 to 1e-21
-    layer = experiments.layer_diagnostics(model, images, torch.arange(16) % 10)["layers"][0]
+    layer = layer_diagnostics(model, images, torch.arange(16) % 10)["layers"][0]
     assert layer["saturated"] == 1.0 and layer["dead"] is None
     with torch.no_grad():
         model[0].weight.mul_(1e-4)   # inputs of +-0.006 at most: outputs near 0.5
-    layer = experiments.layer_diagnostics(model, images, torch.arange(16) % 10)["layers"][0]
+    layer = layer_diagnostics(model, images, torch.arange(16) % 10)["layers"][0]
     assert layer["saturated"] == 0.0
 
 
@@ -51,7 +55,7 @@ def test_numbers_match_a_hand_computation_with_bn():
     torch.manual_seed(0)
     model = mlp.build_model("bn")
     images, labels = images_and_labels()
-    report = experiments.layer_diagnostics(model, images, labels)
+    report = layer_diagnostics(model, images, labels)
     assert [layer["layer"] for layer in report["layers"]] == [
         "Linear(128, 784) -> ReLU", "Linear(64, 128) -> ReLU"]
     # By hand, on a copy in training mode: Flatten, Linear, BN, ReLU | Linear, BN, ReLU | Linear
@@ -86,7 +90,7 @@ def test_the_model_is_left_exactly_as_it_was(mode, with_grads):
     model[2].training = not model[2].training   # one module's own mode differs from the rest
     before = copy.deepcopy(model)   # deepcopy leaves .grad behind: kept on their own
     grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
-    experiments.layer_diagnostics(model, images, labels)
+    layer_diagnostics(model, images, labels)
     for (name, p), q, grad in zip(model.named_parameters(), before.parameters(), grads):
         assert torch.equal(p, q), name
         assert (p.grad is None) == (grad is None) == (not with_grads), name
@@ -101,13 +105,12 @@ def test_the_model_is_left_exactly_as_it_was(mode, with_grads):
 def test_conv_units_are_channels_at_a_position_and_the_sigmoid_net_has_three_layers():
     torch.manual_seed(0)
     images, labels = images_and_labels(8)
-    layers = experiments.layer_diagnostics(cnn.build_model("bn"), images, labels)["layers"]
+    layers = layer_diagnostics(cnn.build_model("bn"), images, labels)["layers"]
     assert [layer["units"] for layer in layers] == [4 * 28 * 28, 4 * 14 * 14]
-    sigmoid = experiments.layer_diagnostics(experiments.figure1_network(False), images, labels)
+    sigmoid = layer_diagnostics(figure1_network(False), images, labels)
     assert len(sigmoid["layers"]) == 3 and all(l["dead"] is None for l in sigmoid["layers"])
     with pytest.raises(ValueError, match="no ReLU"):
-        experiments.layer_diagnostics(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)),
-                                      images, labels)
+        layer_diagnostics(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), images, labels)
 
 
 def test_whole_epochs_give_exactly_the_steps():
@@ -117,17 +120,9 @@ def test_whole_epochs_give_exactly_the_steps():
         assert epochs * images // 100 == steps and images <= n_images
 
 
-@pytest.fixture(scope="module")
-def quick(tiny_mnist, tmp_path_factory):
-    root = tmp_path_factory.mktemp("diagnostics")
-    experiments.main(["diagnostics", "--quick", "--data-dir", str(tiny_mnist), "--device", "cpu",
-                      "--out", str(root / "json"), "--figures", str(root / "figures")])
-    return json.loads((root / "json" / "diagnostics.json").read_text()), root / "figures"
-
-
-def test_the_quick_study_records_six_networks_step_by_step(quick):
-    results, figures = quick
-    for name in experiments.FIGURES["diagnostics"]:
+def test_the_quick_study_records_six_networks_step_by_step(quick_run):
+    results, figures = quick_run[0]["diagnostics"], quick_run[1]
+    for name in diagnostics.FIGURES:
         assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(results["provenance"]) >= {"seeds", "torch", "threads", "cpu", "command"}
     seeds, steps = results["provenance"]["seeds"], results["steps"]
@@ -163,3 +158,24 @@ def test_the_quick_study_records_six_networks_step_by_step(quick):
             > 10 * bad["bn"]["start"][0]["layers"][1]["activation"]["std"])
     assert (bad["bn"]["start"][0]["layers"][1]["activation"]["std"]
             == pytest.approx(good["bn"]["start"][0]["layers"][1]["activation"]["std"], rel=0.1))
+
+
+def test_a_diverging_run_stops_at_the_step_whose_loss_is_not_finite(tiny_mnist, monkeypatch):
+    """The update ratios stop at the last update before the first non-finite loss: as many as
+    the steps that a per-step window (disp_freq 1) completes before solver.py stops the run."""
+    study = Study(argparse.Namespace(quick=True, seed=0, seeds=1, out="-", figures="-"),
+                  solver.load_mnist(tiny_mnist, torch.device("cpu")))
+    settings = diagnostics.settings
+
+    def diverging(study):   # rate 1: N(0, 1) weights without BN diverge within 20 steps
+        steps, probe_size, config, data, probe = settings(study)
+        return steps, probe_size, {**config, "learning_rate": 1.0}, data, probe
+
+    monkeypatch.setattr(diagnostics, "settings", diverging)
+    result = diagnostics.train_one(study, {"network": "mlp_n01", "arm": "no_bn", "seed": 0})
+    assert result["outcome"] == "diverged" and result["end"] is None
+    _, _, config, data, _ = diverging(study)
+    model = study.model(diagnostics.mlp_normal(False), seed=0)
+    history, diverged = study.fit(model, {**config, "disp_freq": 1}, data=data, seed=0)
+    assert diverged and 0 < result["steps_done"] == len(history["train"]["iter"]) < 20
+    assert all(len(r) == result["steps_done"] for r in result["log10_update_ratio"])

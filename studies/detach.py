@@ -8,14 +8,18 @@ from torch import nn
 
 import batchnorm
 import mlp
-from studies.common import print_table, provenance, show_seeds
+from batchnorm import BatchNorm1d
+from studies.common import markdown_table, show_seeds
 
+NAME = "detach"
+QUESTION = "the BN paper's section 2: detached statistics"
 FIGURES = ("detached_statistics.png",)
 ARMS = {  # name -> (bias before BN, detach_stats, beta trained)
     "true": (True, False, True), "detached": (True, True, True),
     "detached_no_bias": (False, True, True), "detached_beta_frozen": (True, True, False)}
 COLORS = {"true": "tab:blue", "detached": "tab:red", "detached_no_bias": "tab:orange",
           "detached_beta_frozen": "tab:brown"}
+RECORDED = ("weight_norm", "weight_grad", "beta_grad", "bias_norm", "bias_grad")   # per window
 
 
 def norm(tensors):
@@ -23,62 +27,86 @@ def norm(tensors):
     return sum(t.norm() ** 2 for t in tensors).sqrt().item()
 
 
+def mlp_with_bias():
+    """mlp.py's network with BN, but each hidden linear layer with a bias (mlp.py's have none:
+    BN's beta takes its place), so that the bias the paper's section 2 follows is there."""
+    def hidden(n_in, n_out):
+        return [nn.Linear(n_in, n_out), BatchNorm1d(n_out), nn.ReLU()]
+    return nn.Sequential(nn.Flatten(), *hidden(784, 128), *hidden(128, 64),
+                         nn.Linear(64, 10, bias=False))
+
+
 def build(bias, detach, beta_trained):
-    model = mlp.build_model("bn", bias=bias)
+    model = mlp_with_bias() if bias else mlp.build_model("bn")
     for layer in batchnorm.batchnorm_layers(model):
         layer.detach_stats = detach
         layer.bias.requires_grad_(beta_trained)   # frozen: beta stays 0, it gets no gradient
     return model
 
 
-def run(study):
-    """mlp.py's network, no weight decay (so nothing but the gradient moves the biases)."""
-    epochs = 1 if study.quick else 3
-    config = study.config(max_epoch=epochs, weight_decay=0.0)
-    results = {"provenance": provenance(study.seeds), "epochs": epochs, "arms": {}}
-    for name, (bias, detach, beta_trained) in ARMS.items():
-        arm = {"test_acc": [], "outcome": [], "iter": None, "train_loss": [], "bias_norm": [],
-               "bias_norm_at_start": [], "weight_norm": [], "bias_grad": [], "weight_grad": [],
-               "beta_grad": []}
-        for seed in study.seeds:
-            keys = ["iter", "weight_norm", "weight_grad", "beta_grad"]
-            record = {key: [] for key in keys + (["bias_norm", "bias_grad"] if bias else [])}
-            model = study.model(lambda: build(bias, detach, beta_trained), seed)
-            hidden = [m for m in model.modules() if isinstance(m, nn.Linear)][:-1]
-            betas = [layer.bias for layer in batchnorm.batchnorm_layers(model)]
-            arm["bias_norm_at_start"].append(norm(m.bias for m in hidden) if bias else 0.0)
+def epochs(study):
+    return 1 if study.quick else 3
 
-            def on_window(iteration, model):
-                record["iter"].append(iteration)
-                record["weight_norm"].append(norm(m.weight for m in hidden))
-                record["weight_grad"].append(norm(m.weight.grad for m in hidden))
-                record["beta_grad"].append(norm(b.grad for b in betas) if beta_trained else 0.0)
-                if bias:
-                    record["bias_norm"].append(norm(m.bias for m in hidden))
-                    record["bias_grad"].append(norm(m.bias.grad for m in hidden))
 
-            history, verdict, acc = study.train(model, config, seed, on_window=on_window)
-            arm["test_acc"].append(acc)
-            arm["outcome"].append(verdict)
-            arm["iter"] = record.pop("iter")
-            arm["train_loss"].append(history["train"]["loss"])
-            for key, values in record.items():
-                arm[key].append(values)
-        results["arms"][name] = arm
-        end = [b[-1] for b in arm["bias_norm"]] if bias else []
-        study.progress("detach", name, f"{show_seeds(arm['test_acc'])}"
-                       + (f", bias norm at the end {min(end):.3g}-{max(end):.3g}" if end else ""))
+def trainings(study):
+    return [{"arm": name, "seed": seed} for name in ARMS for seed in study.seeds]
 
-    ratio = lambda arm: torch.tensor([b / w for bs, ws in zip(arm["bias_grad"], arm["weight_grad"])
-                                      for b, w in zip(bs, ws)]).median().item()
-    print_table(["arm", "final test acc", "bias norm: initial / end (seed 0)",
-                 "|grad b| / |grad W| (median)"],
-                [(name, show_seeds(arm["test_acc"]),
-                  f"{arm['bias_norm_at_start'][0]:.3g} / {arm['bias_norm'][0][-1]:.3g}"
-                  if arm["bias_norm"] else "-",
-                  f"{ratio(arm):.2e}" if arm["bias_norm"] else "-")
-                 for name, arm in results["arms"].items()])
-    study.save("detach", results, draw(results), FIGURES[0])
+
+def train_one(study, job):
+    """mlp.py's network in one arm, no weight decay (so nothing but the gradient moves the
+    biases); after every window: the hidden layers' weight and bias norms, and the gradients
+    of the window's last step (solver.py zeroes them only when the next step begins)."""
+    bias, detach, beta_trained = ARMS[job["arm"]]
+    config = study.config(max_epoch=epochs(study), weight_decay=0.0)
+    model = study.model(lambda: build(bias, detach, beta_trained), job["seed"])
+    hidden = [m for m in model.modules() if isinstance(m, nn.Linear)][:-1]
+    betas = [layer.bias for layer in batchnorm.batchnorm_layers(model)]
+    record = {key: [] for key in ("iter", "weight_norm", "weight_grad", "beta_grad")
+              + (("bias_norm", "bias_grad") if bias else ())}
+
+    def on_window(iteration, model):
+        record["iter"].append(iteration)
+        record["weight_norm"].append(norm(m.weight for m in hidden))
+        record["weight_grad"].append(norm(m.weight.grad for m in hidden))
+        record["beta_grad"].append(norm(b.grad for b in betas) if beta_trained else 0.0)
+        if bias:
+            record["bias_norm"].append(norm(m.bias for m in hidden))
+            record["bias_grad"].append(norm(m.bias.grad for m in hidden))
+
+    start = norm(m.bias for m in hidden) if bias else 0.0
+    history, verdict, acc = study.train(model, config, job["seed"], on_window=on_window)
+    return {"test_acc": acc, "outcome": verdict, "train_loss": history["train"]["loss"],
+            "bias_norm_at_start": start, **record}
+
+
+def assemble(study, jobs, results):
+    """Per arm, each number as a list over seeds (the arm without a bias has no bias lists)."""
+    arms = {name: {"test_acc": [], "outcome": [], "iter": None, "train_loss": [],
+                   "bias_norm_at_start": [], **{key: [] for key in RECORDED}} for name in ARMS}
+    for job, result in zip(jobs, results):
+        arm = arms[job["arm"]]
+        arm["iter"] = result["iter"]
+        for key, value in result.items():
+            if key != "iter":
+                arm[key].append(value)
+    return {"epochs": epochs(study), "arms": arms}
+
+
+def median_ratio(arm):
+    """The median of |grad b| / |grad W| over every window of every seed."""
+    return torch.tensor([b / w for bs, ws in zip(arm["bias_grad"], arm["weight_grad"])
+                         for b, w in zip(bs, ws)]).median().item()
+
+
+def table(results):
+    return markdown_table(
+        ["arm", "final test acc", "bias norm: initial / end (seed 0)",
+         "norm of grad b / of grad W (median)"],
+        [(name, show_seeds(arm["test_acc"]),
+          f"{arm['bias_norm_at_start'][0]:.3g} / {arm['bias_norm'][0][-1]:.3g}"
+          if arm["bias_norm"] else "-",
+          f"{median_ratio(arm):.2e}" if arm["bias_norm"] else "-")
+         for name, arm in results["arms"].items()])
 
 
 def draw(results):
@@ -112,4 +140,4 @@ def draw(results):
     axes[3].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle("Detached statistics (each line: a seed; the arms without a bias, or with beta "
                  "frozen, are absent where they have nothing to draw)")
-    return fig
+    return [fig]

@@ -12,10 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import mlp
-from studies.common import (color, label, mean_and_range, mlp_with, norm_of, print_table,
-                            provenance, show_seeds)
+import plumbing
+from studies.common import (color, label, markdown_table, mean_and_range, mlp_with, norm_of,
+                            preserved, show_seeds)
 from studies.figure1 import figure1_network
 
+NAME = "diagnostics"
+QUESTION = "per-layer activations, gradients, update ratios"
 FIGURES = ("layer_health.png", "update_ratio.png")
 
 WEIGHTED = (nn.Linear, nn.Conv2d)               # a layer's weight matrix
@@ -85,7 +88,7 @@ def layer_diagnostics(model, images, labels, bins=50):
 
     Returns {"loss": the probe's loss, "layers": [one dict per hidden layer, in order]}. The
     model is left exactly as it was: the gradients come from torch.autograd.grad, which leaves
-    every .grad alone; BN running estimates (every buffer) and each module's mode are restored.
+    every .grad alone; common.preserved restores BN's running estimates and each module's mode.
     """
     layers = hidden_layers(model)
     if not layers:
@@ -100,24 +103,17 @@ def layer_diagnostics(model, images, labels, bins=50):
             outputs[index] = output
         return hook
 
-    modes = [(module, module.training) for module in model.modules()]
-    buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]   # BN running estimates
     handles = [nonlinearity.register_forward_hook(keep(i))
                for i, (_, nonlinearity) in enumerate(layers)]
     try:
-        model.train()   # BN with the batch's statistics, as in a training step
-        with torch.enable_grad():
+        with preserved(model), torch.enable_grad():
+            model.train()   # BN with the batch's statistics, as in a training step
             loss = F.cross_entropy(model(images), labels)
             acts = [outputs[i] for i in range(len(layers))]
             grads = torch.autograd.grad(loss, acts + [weight.weight for weight, _ in layers])
     finally:
         for handle in handles:
             handle.remove()
-        with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
-        for module, training in modes:
-            module.training = training
     act_grads, weight_grads = grads[:len(layers)], grads[len(layers):]
     return {"loss": loss.item(),
             "layers": [describe(weight, nonlinearity, act, act_grad, weight_grad, bins)
@@ -157,21 +153,54 @@ def whole_epochs(steps, batch, n_images):
     return epochs, steps // epochs * batch
 
 
-def one_run(study, build, seed, config, data, probe):
-    """Train one network; its diagnostics at step 0 and at the end, every step's update ratio."""
-    model = study.model(build, seed)
+def settings(study):
+    """(steps, probe images, config, data, probe) of the study, derived from study.data alone:
+    1,000 steps (quick: 20) as whole epochs over a slice of the training images, the report's
+    SGD at a constant 0.1, and a fixed probe batch inside that slice."""
+    steps, probe_size = (20, 100) if study.quick else (1000, 1000)
+    train_x, train_y, test_x, test_y = study.data
+    config = study.config()
+    epochs, images = whole_epochs(steps, config["batch_size"], len(train_x))
+    config["max_epoch"] = epochs
+    data = (train_x[:images], train_y[:images], test_x, test_y)
+    return steps, probe_size, config, data, (train_x[:probe_size], train_y[:probe_size])
+
+
+def trainings(study):
+    """Six networks (three, each without and with BN), at every seed."""
+    return [{"network": name, "arm": arm, "seed": seed}
+            for name in NETWORKS for arm, _ in ARMS for seed in study.seeds]
+
+
+def train_one(study, job):
+    """Train one network; its diagnostics at step 0 and at the end, every update's ratio
+    std(update) / std(W) per weight matrix, momentum and weight decay included.
+
+    At step k's on_step (before update k) the weights are those after update k - 1: its ratio
+    is taken there, and the last update's after training. A non-finite loss stops the run at
+    that very step (plumbing.Diverged), so a diverged run records the updates before it."""
+    _, _, config, data, probe = settings(study)
+    bn = dict(ARMS)[job["arm"]]
+    model = study.model(NETWORKS[job["network"]][1](bn), job["seed"])
     start = layer_diagnostics(model, *probe)
     weights = [m.weight for m in model.modules() if isinstance(m, WEIGHTED)]
-    before = [w.detach().clone() for w in weights]
-    ratios = []   # one tensor per step, kept as tensors: no .item() in the loop
+    before = [w.detach().clone() for w in weights]   # the weights before the latest update
+    ratios = []   # one tensor per update, kept as tensors: no .item() in the loop
 
-    def on_window(iteration, model):   # disp_freq 1: after every step, momentum included
-        with torch.no_grad():
-            ratios.append(torch.stack([(w - b).std() / b.std() for w, b in zip(weights, before)]))
-            for w, b in zip(weights, before):
-                b.copy_(w)
+    @torch.no_grad()
+    def take_ratio():
+        ratios.append(torch.stack([(w - b).std() / b.std() for w, b in zip(weights, before)]))
+        for w, b in zip(weights, before):
+            b.copy_(w)
 
-    history, outcome, acc = study.train(model, config, seed, on_window=on_window, data=data)
+    def on_step(iteration, model, optimizer, images, labels, loss):
+        if iteration > 1:   # update iteration - 1 is done
+            take_ratio()
+        plumbing.stop_if_diverged(loss.detach()[None], iteration)
+
+    _, outcome, acc = study.train(model, config, job["seed"], on_step=on_step, data=data)
+    if outcome != "diverged":
+        take_ratio()   # the last update's
     end = layer_diagnostics(model, *probe) if outcome != "diverged" else None
     log_ratio = torch.stack(ratios).log10().T.tolist() if ratios else [[] for _ in weights]
     return {"outcome": outcome, "test_acc": acc, "steps_done": len(ratios), "start": start,
@@ -180,34 +209,24 @@ def one_run(study, build, seed, config, data, probe):
                         if isinstance(m, WEIGHTED)]}
 
 
-def run(study):
-    """Six networks, 1,000 steps each (quick: 20), the report's SGD at a constant 0.1."""
-    steps, probe_size = (20, 100) if study.quick else (1000, 1000)
-    train_x, train_y, test_x, test_y = study.data
-    config = study.config(disp_freq=1)   # on_window after every step
-    epochs, images = whole_epochs(steps, config["batch_size"], len(train_x))
-    config["max_epoch"] = epochs
-    data = (train_x[:images], train_y[:images], test_x, test_y)
-    probe = (train_x[:probe_size], train_y[:probe_size])   # fixed, and inside the training slice
-    results = {"provenance": provenance(study.seeds),
-               "rule": f"SGD lr {config['learning_rate']} constant, momentum "
-                       f"{config['momentum']}, weight decay {config['weight_decay']}, batch "
-                       f"{config['batch_size']}: {epochs} epochs over the first {images:,} "
-                       f"training images = {steps:,} steps; diagnostics on the first "
-                       f"{probe_size:,} training images, in training mode",
-               "steps": steps, "epochs": epochs, "train_images": images,
-               "probe_images": probe_size, "networks": {}}
-    for name, (title, build) in NETWORKS.items():
-        record = results["networks"][name] = {"title": title}
-        for arm, bn in ARMS:
-            runs = [one_run(study, build(bn), seed, config, data, probe) for seed in study.seeds]
-            record[arm] = {key: [r[key] for r in runs] for key in runs[0] if key != "weights"}
-            record[arm]["weights"] = runs[0]["weights"]
-            study.progress("diagnostics", f"{title}, {label(bn)}",
-                           ", ".join(f"{r['outcome']} {r['test_acc'] or 0:.2%}" for r in runs))
-    print_tables(results)
-    study.save("diagnostics", results, draw_layer_health(results), FIGURES[0])
-    study.save_figure(draw_update_ratio(results), FIGURES[1])
+def assemble(study, jobs, results):
+    """Per network and arm, each result as a list over seeds; the weight matrices' names once."""
+    steps, probe_size, config, data, _ = settings(study)
+    record = {"rule": f"SGD lr {config['learning_rate']} constant, momentum "
+                      f"{config['momentum']}, weight decay {config['weight_decay']}, batch "
+                      f"{config['batch_size']}: {config['max_epoch']} epochs over the first "
+                      f"{len(data[0]):,} training images = {steps:,} steps; diagnostics on the "
+                      f"first {probe_size:,} training images, in training mode",
+              "steps": steps, "epochs": config["max_epoch"], "train_images": len(data[0]),
+              "probe_images": probe_size,
+              "networks": {name: {"title": title} for name, (title, _) in NETWORKS.items()}}
+    for job, result in zip(jobs, results):
+        arm = record["networks"][job["network"]].setdefault(job["arm"], {})
+        for key, value in result.items():
+            if key != "weights":
+                arm.setdefault(key, []).append(value)
+        arm.setdefault("weights", result["weights"])
+    return record
 
 
 def layer_means(diagnostics, key):
@@ -244,7 +263,9 @@ def last_ratios(log_ratios, last=100):
     return " / ".join(cells)
 
 
-def print_tables(results):
+def table(results):
+    """Three tables: accuracy and the dead or saturated share per layer; std(dL/dW) / std(W);
+    the update ratios at the end."""
     rows_share, rows_std, rows_ratio = [], [], []
     for record in results["networks"].values():
         for arm, bn in ARMS:
@@ -257,12 +278,19 @@ def print_tables(results):
             rows_ratio.append((name, " / ".join(r["weights"]),
                                last_ratios(r["log10_update_ratio"])))
     steps = f"step {results['steps']:,}"
-    print_table(["network", "test acc", "outcome per seed", "per layer at step 0",
-                 f"per layer at {steps}"], rows_share)
-    print_table(["network", "std(dL/dW)/std(W), step 0", f"std(dL/dW)/std(W), {steps}",
-                 "std(dL/dW), step 0"], rows_std)
-    print_table(["network", "weight matrices", "log10 update ratio, last 100 steps"],
-                rows_ratio)
+    return "\n".join([
+        markdown_table(["network", "test acc", "outcome per seed", "per layer at step 0",
+                        f"per layer at {steps}"], rows_share),
+        markdown_table(["network", "std(dL/dW)/std(W), step 0", f"std(dL/dW)/std(W), {steps}",
+                        "std(dL/dW), step 0"], rows_std),
+        markdown_table(["network", "weight matrices", "log10 update ratio, last 100 steps"],
+                       rows_ratio)])
+
+
+def draw(results):
+    """Both figures from diagnostics.json's numbers (also `experiments.py diagnostics
+    --redraw`), in FIGURES' order."""
+    return [draw_layer_health(results), draw_update_ratio(results)]
 
 
 def draw_layer_health(results):

@@ -7,74 +7,106 @@ import torch
 
 import batchnorm
 import mlp
-from studies.common import accuracy, print_table, provenance
+import solver
+from studies.common import markdown_table, module_input
 
+NAME = "momentum"
+QUESTION = "the momentum convention mix-up (0.9 here is 0.1 in torch)"
 FIGURES = ("momentum_convention.png",)
 COLORS = {0.9: "tab:blue", 0.1: "tab:red"}
+SIZES = (100, 8)
+MOMENTA = (0.9, 0.1)
 
 
-def train_arm(study, size, momentum, seed, last):
-    """One run with every BN layer's running-average momentum set; records the last `last`
-    steps: eval-mode test accuracy, the first BN layer's batch mean and running mean (unit 0)."""
-    record = {"step": [], "test_acc": [], "running_mean": [], "batch_mean": []}
-    config = study.config(batch_size=size, learning_rate=0.1 * size / 100, disp_freq=1)
-    total_steps = len(study.data[0]) // size
+def last_steps(study):
+    """How many of the last steps are recorded."""
+    return 20 if study.quick else 200
+
+
+def trainings(study):
+    """Both momenta at each batch size and seed: the two arms of a pair train identically."""
+    return [{"batch": size, "seed": seed, "momentum": momentum}
+            for size in SIZES for seed in study.seeds for momentum in MOMENTA]
+
+
+def train_one(study, job):
+    """One epoch with every BN layer's running-average momentum set to job["momentum"], at
+    batch job["batch"] (the rate scaled with it), under the failure rule.
+
+    Recorded at the on_step of each of the last steps, where step k's forward has run and its
+    update has not: the first BN layer's batch mean on batch k and its running mean, which now
+    includes it (unit 0), and the eval-mode test accuracy of the network that measured them:
+    the weights after update k - 1 with the running estimates through batch k. Every step's
+    training loss is kept too, to show that the two arms of a pair trained identically."""
+    size, momentum, seed = job["batch"], job["momentum"], job["seed"]
+    config = study.config(batch_size=size, learning_rate=0.1 * size / 100)
+    total_steps, last = len(study.data[0]) // size, last_steps(study)
     _, _, test_x, test_y = study.data
     model = study.model(lambda: mlp.build_model("bn"), seed)
     for layer in batchnorm.batchnorm_layers(model):
         layer.momentum = momentum
-    first_bn, latest = batchnorm.batchnorm_layers(model)[0], {}
+    first_bn = batchnorm.batchnorm_layers(model)[0]
+    record = {"step": [], "test_acc": [], "running_mean": [], "batch_mean": []}
+    losses = []
 
-    def keep_batch_mean(layer, inputs):
-        if layer.training:   # not during the evaluations below
-            latest["batch_mean"] = inputs[0][:, 0].mean().item()
-
-    def on_window(iteration, model):
+    def on_step(iteration, model, optimizer, images, labels, loss):
+        losses.append(loss.detach())
         if iteration > total_steps - last:
             record["step"].append(iteration)
-            record["batch_mean"].append(latest["batch_mean"])
+            record["batch_mean"].append(
+                module_input(model, first_bn, images)[:, 0].mean().item())
             record["running_mean"].append(first_bn.running_mean[0].item())
-            record["test_acc"].append(accuracy(model, test_x, test_y))
+            record["test_acc"].append(solver.evaluate(model, test_x, test_y)[1])
 
-    first_bn.register_forward_pre_hook(keep_batch_mean)
-    history, _ = study.fit(model, config, on_window=on_window, seed=seed)
-    return record, history["train"]["loss"]
+    _, verdict, acc = study.train(model, config, seed, on_step=on_step)
+    return {**record, "outcome": verdict, "final_test_acc": acc,
+            "train_loss": torch.stack(losses).tolist()}
 
 
-def run(study):
-    sizes = [100, 8]
-    last = 20 if study.quick else 200
-    results = {"provenance": provenance(study.seeds), "last_steps": last, "runs": [],
-               "paired": []}
-    for size in sizes:
-        for seed in study.seeds:
-            by_momentum, losses = {}, {}
-            for momentum in (0.9, 0.1):
-                record, losses[momentum] = train_arm(study, size, momentum, seed, last)
-                by_momentum[momentum] = record
-                results["runs"].append(dict(record, batch=size, momentum=momentum, seed=seed))
-            high, low = by_momentum[0.9]["test_acc"], by_momentum[0.1]["test_acc"]
-            gaps = [a - b for a, b in zip(high, low)]
-            results["paired"].append({
-                "batch": size, "seed": seed,
-                "trained_identically": losses[0.9] == losses[0.1],   # every window's loss
-                "mean_gap": sum(gaps) / len(gaps),                  # 0.9 minus 0.1
-                "share_09_wins": sum(g > 0 for g in gaps) / len(gaps),
-                "share_ties": sum(g == 0 for g in gaps) / len(gaps)})
-            pair = results["paired"][-1]
-            study.progress("momentum", f"batch {size}, seed {seed}",
-                           f"0.9 - 0.1: {pair['mean_gap']:+.2%} on average, 0.9 wins "
-                           f"{pair['share_09_wins']:.0%} of {last} steps")
+def pair(high, low):
+    """The paired numbers of the arms 0.9 (`high`) and 0.1 (`low`) of one batch size and seed."""
+    gaps = [a - b for a, b in zip(high["test_acc"], low["test_acc"])]
+    share = lambda hits: sum(hits) / len(gaps) if gaps else None
+    return {"trained_identically": torch.equal(torch.tensor(high["train_loss"]),
+                                               torch.tensor(low["train_loss"])),
+            "mean_gap": share(gaps),                  # 0.9 minus 0.1
+            "share_09_wins": share(g > 0 for g in gaps),
+            "share_ties": share(g == 0 for g in gaps)}
 
-    print_table(["batch", "seed", "trained identically", "mean gap (0.9 - 0.1)",
-                 "0.9 wins", "ties", "running mean std, 0.9 / 0.1"],
-                [(p["batch"], p["seed"], p["trained_identically"], f"{p['mean_gap']:+.2%}",
-                  f"{p['share_09_wins']:.0%}", f"{p['share_ties']:.0%}",
-                  " / ".join(f"{torch.tensor(r['running_mean']).std().item():.3f}"
-                             for r in results["runs"] if r["batch"] == p["batch"]
-                             and r["seed"] == p["seed"]))
-                 for p in results["paired"]])
-    study.save("momentum", results, draw(results), FIGURES[0])
+
+def assemble(study, jobs, results):
+    """Every run's record (its per-step losses are compared, not kept) and each pair's gap."""
+    runs = [{**{k: v for k, v in result.items() if k != "train_loss"}, "batch": job["batch"],
+             "momentum": job["momentum"], "seed": job["seed"]}
+            for job, result in zip(jobs, results)]
+    by_arm = {(job["batch"], job["seed"], job["momentum"]): result
+              for job, result in zip(jobs, results)}
+    paired = [{"batch": size, "seed": seed,
+               **pair(by_arm[size, seed, 0.9], by_arm[size, seed, 0.1])}
+              for size in SIZES for seed in study.seeds]
+    return {"last_steps": last_steps(study), "runs": runs, "paired": paired}
+
+
+def table(results):
+    def percent(value, form):
+        return "-" if value is None else format(value, form)
+
+    def running_std(p):
+        return " / ".join(f"{torch.tensor(r['running_mean']).std().item():.3f}"
+                          for r in results["runs"]
+                          if r["batch"] == p["batch"] and r["seed"] == p["seed"])
+
+    def outcomes(p):
+        return " / ".join(r["outcome"] for r in results["runs"]
+                          if r["batch"] == p["batch"] and r["seed"] == p["seed"])
+
+    return markdown_table(
+        ["batch", "seed", "outcome, 0.9 / 0.1", "trained identically", "mean gap (0.9 - 0.1)",
+         "0.9 wins", "ties", "running mean std, 0.9 / 0.1"],
+        [(p["batch"], p["seed"], outcomes(p), p["trained_identically"],
+          percent(p["mean_gap"], "+.2%"), percent(p["share_09_wins"], ".0%"),
+          percent(p["share_ties"], ".0%"), running_std(p))
+         for p in results["paired"]])
 
 
 def draw(results):
@@ -100,4 +132,4 @@ def draw(results):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
     fig.suptitle("The same training, two momenta for the running estimates")
-    return fig
+    return [fig]

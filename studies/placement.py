@@ -6,8 +6,10 @@ from torch import nn
 import cnn
 import mlp
 from batchnorm import BatchNorm1d, BatchNorm2d
-from studies.common import draw_over_seeds, print_table, provenance, show_seeds
+from studies.common import draw_over_seeds, markdown_table, show_seeds
 
+NAME = "placement"
+QUESTION = "BN before or after the ReLU"
 FIGURES = ("bn_placement.png",)
 COLORS = {"before": "tab:blue", "after": "tab:green"}
 
@@ -35,32 +37,56 @@ BUILDERS = {  # model -> placement -> network; "before" is the scripts' own (the
     "cnn": {"before": lambda: cnn.build_model("bn"), "after": cnn_bn_after_relu}}
 
 
-def run(study):
-    epochs = 1 if study.quick else 3
-    config = study.config(max_epoch=epochs)
-    results = {"provenance": provenance(study.seeds), "epochs": epochs,
-               "rule": f"SGD lr 0.1 constant, momentum 0.9, weight decay 1e-4, batch 100, "
-                       f"{epochs} epochs", "models": {}}
-    for name, builders in BUILDERS.items():
-        results["models"][name] = {}
-        for place, build in builders.items():
-            arm = {"test_acc": [], "outcome": [], "test_acc_per_epoch": [], "train_iter": None,
-                   "train_loss": []}
-            for seed in study.seeds:
-                model = study.model(build, seed)
-                history, label, acc = study.train(model, config, seed)
-                arm["test_acc"].append(acc)
-                arm["outcome"].append(label)
-                arm["test_acc_per_epoch"].append(history["test"]["acc"])
-                arm["train_iter"] = history["train"]["iter"]
-                arm["train_loss"].append(history["train"]["loss"])
-            results["models"][name][place] = arm
-            study.progress("placement", f"{name}, BN {place} the ReLU",
-                           show_seeds(arm["test_acc"]))
-        before, after = (results["models"][name][p]["test_acc"] for p in ("before", "after"))
-        if None not in before + after:   # paired by seed: the same data order in both arms
-            results["models"][name]["after_minus_before"] = [a - b for a, b in zip(after, before)]
+def epochs(study):
+    return 1 if study.quick else 3
 
+
+def trainings(study):
+    """Each model with BN before and after the ReLU, at every seed."""
+    return [{"network": name, "arm": place, "seed": seed}
+            for name, builders in BUILDERS.items() for place in builders
+            for seed in study.seeds]
+
+
+def train_one(study, job):
+    """One network for the study's epochs at the report's recipe (constant rate 0.1)."""
+    model = study.model(BUILDERS[job["network"]][job["arm"]], job["seed"])
+    history, verdict, acc = study.train(model, study.config(max_epoch=epochs(study)),
+                                        job["seed"])
+    return {"test_acc": acc, "outcome": verdict, "test_acc_per_epoch": history["test"]["acc"],
+            "train_iter": history["train"]["iter"], "train_loss": history["train"]["loss"]}
+
+
+def assemble(study, jobs, results):
+    """Per model and placement, each number as a list over seeds; after_minus_before pairs the
+    two placements by seed (the same batch order in both) where neither diverged."""
+    n = epochs(study)
+    models = {name: {place: {"test_acc": [], "outcome": [], "test_acc_per_epoch": [],
+                             "train_iter": None, "train_loss": []} for place in builders}
+              for name, builders in BUILDERS.items()}
+    for job, result in zip(jobs, results):
+        arm = models[job["network"]][job["arm"]]
+        for key in ("test_acc", "outcome", "test_acc_per_epoch", "train_loss"):
+            arm[key].append(result[key])
+        arm["train_iter"] = result["train_iter"]
+    for arms in models.values():
+        before, after = arms["before"]["test_acc"], arms["after"]["test_acc"]
+        if None not in before + after:
+            arms["after_minus_before"] = [a - b for a, b in zip(after, before)]
+    return {"epochs": n, "rule": f"SGD lr 0.1 constant, momentum 0.9, weight decay 1e-4, "
+                                 f"batch 100, {n} epochs", "models": models}
+
+
+def table(results):
+    return markdown_table(
+        ["model", "BN before ReLU", "BN after ReLU", "after - before, per seed"],
+        [(name, show_seeds(arms["before"]["test_acc"]), show_seeds(arms["after"]["test_acc"]),
+          " ".join(f"{d:+.2%}" for d in arms.get("after_minus_before", [])))
+         for name, arms in results["models"].items()])
+
+
+def draw(results):
+    """The figure from placement.json's numbers (also `experiments.py placement --redraw`)."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 7))
     for column, (name, arms) in enumerate(results["models"].items()):
         for place in ("before", "after"):
@@ -83,10 +109,4 @@ def run(study):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     fig.suptitle("BN before or after the ReLU (band: range over seeds)")
-    print_table(["model", "BN before ReLU", "BN after ReLU", "after - before, per seed"],
-                [(name, show_seeds(arms["before"]["test_acc"]),
-                  show_seeds(arms["after"]["test_acc"]),
-                  " ".join(f"{d:+.2%}" for d in arms.get("after_minus_before", [])))
-                 for name, arms in results["models"].items()])
-    study.save("placement", results, fig, FIGURES[0])
-
+    return [fig]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from studies.common import ARMS, color, label, markdown_table, norm_of
 from studies.why_bn import (NETWORKS, draw_band, finite, layer_name, measured, schedule, spread,
-                            start_and_later, weighted_layers)
+                            start_and_later, training_data, weighted_layers)
 
 NAME = "ics"
 QUESTION = "internal covariate shift as Santurkar et al. (2018) define it, with and without BN"
@@ -73,7 +73,8 @@ def train_measured(study, network, bn, seed, config, measure=True):
             for key, value in row.items():
                 record[key][i].append(value)
 
-    history, outcome, acc = study.train(model, config, seed, on_step=on_step if measure else None)
+    history, outcome, acc = study.train(model, config, seed, on_step=on_step if measure else None,
+                                        data=training_data(study))
     return history, outcome, acc, record
 
 

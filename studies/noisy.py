@@ -9,7 +9,7 @@ from torch import nn
 import solver
 from batchnorm import BatchNorm
 from studies.common import markdown_table, module_input, show_seeds
-from studies.why_bn import NETWORKS, draw_band, schedule, spread
+from studies.why_bn import NETWORKS, draw_band, schedule, spread, training_data
 
 NAME = "noisy"
 QUESTION = "noisy BN (Santurkar et al. 2018): does BN help by steadying each layer's input?"
@@ -106,8 +106,9 @@ def train_arm(study, network, arm, seed, config):
     solver.train_one_epoch closes a window: every disp_freq steps and at each epoch's end."""
     model = study.model(lambda: build_arm(network, arm), seed)
     curve = {"step": [], "test_acc": [], "p15": [], "p50": [], "p85": []}
-    test_x, test_y = study.data[2], study.data[3]
-    steps_per_epoch = len(study.data[0]) // config["batch_size"]
+    data = training_data(study)
+    test_x, test_y = data[2], data[3]
+    steps_per_epoch = len(data[0]) // config["batch_size"]
     # the global generator's state before each step's forward: nothing draws from it between
     # one step's on_step and the next step's forward (the batch order has its own generator)
     before_forward = generator_state(study.device)
@@ -126,7 +127,8 @@ def train_arm(study, network, arm, seed, config):
         for key, value in last_step.items():
             curve[key].append(value)
 
-    _, outcome, acc = study.train(model, config, seed, on_window=on_window, on_step=on_step)
+    _, outcome, acc = study.train(model, config, seed, on_window=on_window, on_step=on_step,
+                                  data=data)
     return outcome, acc, curve
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from studies.common import ARMS, color, label, markdown_table, norm_of, preserved, show_seeds
 from studies.why_bn import (NETWORKS, draw_band, finite, measured, schedule, spread,
-                            start_and_later)
+                            start_and_later, training_data)
 
 NAME = "smoothness"
 QUESTION = "the loss along the gradient (Santurkar et al. 2018), with and without BN"
@@ -77,7 +77,8 @@ def train_measured(study, network, bn, lr, seed, config):
         record["grad_range"].append(finite(max(r["grad_distance"]) - min(r["grad_distance"])))
         record["beta"].append(finite(r["beta"]))
 
-    _, outcome, acc = study.train(model, dict(config, learning_rate=lr), seed, on_step=on_step)
+    _, outcome, acc = study.train(model, dict(config, learning_rate=lr), seed, on_step=on_step,
+                                  data=training_data(study))
     return outcome, acc, record
 
 

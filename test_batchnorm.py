@@ -61,6 +61,7 @@ def test_matches_torch_over_training_steps_and_eval(ours_cls, torch_cls, shape, 
 
         torch.testing.assert_close(ours.running_mean, theirs.running_mean, **TOL)
         torch.testing.assert_close(ours.running_var, theirs.running_var, **TOL)
+        assert torch.equal(ours.num_batches_tracked, theirs.num_batches_tracked)
 
     # The running estimates must have moved away from their initial 0 and 1 (unless momentum
     # makes them pure batch statistics, which moves them too): otherwise eval tests nothing.
@@ -72,6 +73,7 @@ def test_matches_torch_over_training_steps_and_eval(ours_cls, torch_cls, shape, 
     grad_ours, = torch.autograd.grad(ours(x).sum(), x)
     grad_theirs, = torch.autograd.grad(theirs(x).sum(), x)
     torch.testing.assert_close(grad_ours, grad_theirs, **TOL)
+    assert ours.num_batches_tracked.item() == theirs.num_batches_tracked.item() == 4   # not eval
 
 
 def test_running_estimates_follow_eq_2_2_by_hand():
@@ -88,12 +90,49 @@ def test_interface():
     layer = BatchNorm2d(7)
     assert (layer.num_features, layer.eps, layer.momentum) == (7, 1e-5, 0.9)
     assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
-    assert [name for name, _ in layer.named_buffers()] == ["running_mean", "running_var"]
+    assert [name for name, _ in layer.named_buffers()] == [
+        name for name, _ in nn.BatchNorm2d(7).named_buffers()]   # the three of torch's
     assert torch.equal(layer.weight, torch.ones(7)) and torch.equal(layer.bias, torch.zeros(7))
     assert torch.equal(layer.running_mean, torch.zeros(7))
     assert torch.equal(layer.running_var, torch.ones(7))
-    assert set(layer.state_dict()) == {"weight", "bias", "running_mean", "running_var"}
-    assert layer.double().running_var.dtype == torch.float64
+    assert layer.num_batches_tracked.dtype == torch.long and layer.num_batches_tracked.shape == ()
+    assert list(layer.state_dict()) == list(nn.BatchNorm2d(7).state_dict())
+    layer = layer.double()
+    assert layer.running_var.dtype == torch.float64
+    assert layer.num_batches_tracked.dtype == torch.long   # a count: .double() leaves it alone
+
+
+def trained(layer, shape, steps, seed):
+    """The layer after `steps` training-mode forwards on batches of `shape`, in float64."""
+    gen = torch.Generator().manual_seed(seed)
+    layer = layer.double().train()
+    with torch.no_grad():
+        for step in range(steps):
+            layer(torch.randn(shape, generator=gen, dtype=torch.float64) * (step + 2) - step)
+    return layer
+
+
+@pytest.mark.parametrize("ours_cls,torch_cls,shape", [CASES[1], CASES[3]])
+@pytest.mark.parametrize("direction", ["torch into ours", "ours into torch"])
+def test_state_dict_moves_between_ours_and_torchs(ours_cls, torch_cls, shape, direction):
+    """strict=True both ways, every value unchanged; then both continue as one layer would."""
+    ours, theirs = make_pair(ours_cls, torch_cls, shape[1], momentum=0.9)
+    source, target = (theirs, ours) if direction == "torch into ours" else (ours, theirs)
+    fresh = type(target)(shape[1], momentum=target.momentum).double()
+    source = trained(source, shape, steps=3, seed=7)
+    state = source.state_dict()
+    assert state["num_batches_tracked"].item() == 3
+    fresh.load_state_dict(state, strict=True)
+    for name, value in fresh.state_dict().items():
+        assert value.dtype == state[name].dtype and torch.equal(value, state[name]), name
+    # Momentum 0.9 in ours is 0.1 in torch's, untranslated: the next step agrees.
+    x = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(fresh(x), source(x), **TOL)
+    for name, value in fresh.state_dict().items():
+        torch.testing.assert_close(value, source.state_dict()[name], **TOL)
+    assert fresh.num_batches_tracked.item() == 4
+    fresh.eval(), source.eval()
+    torch.testing.assert_close(fresh(x), source(x), **TOL)
 
 
 @pytest.mark.parametrize("shape", [(4, 3), (2, 3, 4, 5), (1, 2, 3, 3)])
@@ -158,6 +197,73 @@ def test_float32_and_float64_match_torch(dtype):
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else TOL
     torch.testing.assert_close(y, theirs(x), **tol)
     torch.testing.assert_close(ours.running_var, theirs.running_var, **tol)
+
+
+LOW_PRECISION_CASES = [  # (ours, torch's, the layer before BN, its input shape)
+    (BatchNorm1d, nn.BatchNorm1d, lambda: nn.Linear(7, 5), (16, 7)),
+    (BatchNorm2d, nn.BatchNorm2d, lambda: nn.Conv2d(2, 5, 3, padding=1), (4, 2, 5, 5)),
+]
+
+
+def assert_within_one_rounding_step(ours, theirs):
+    """Equal up to one step of ours's dtype at the value's magnitude (2**-7 of it in bfloat16,
+    2**-10 in float16): what two float32 computations rounded to that dtype can differ by.
+    Near zero that step is tiny, so a float32-sized absolute slack is allowed too."""
+    assert ours.dtype == theirs.dtype
+    step = torch.finfo(ours.dtype).eps
+    torch.testing.assert_close(ours.float(), theirs.float(), rtol=step, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["autocast bfloat16", "bfloat16", "float16"])
+@pytest.mark.parametrize("ours_cls,torch_cls,make_before,shape", LOW_PRECISION_CASES)
+def test_low_precision_input_is_normalised_as_torch_does(ours_cls, torch_cls, make_before,
+                                                         shape, precision):
+    """bfloat16/float16 in, the input's dtype out and back, statistics kept in float32.
+
+    Under autocast a Linear or Conv2d before BN hands it bfloat16, as in a mixed-precision
+    network; otherwise the input is made low precision by hand. Torch's BN under the same
+    conditions is the oracle, in training (two steps) and in evaluation."""
+    torch.manual_seed(9)
+    before = make_before()
+    ours, theirs = ours_cls(5), torch_cls(5, momentum=0.1)
+    with torch.no_grad():
+        for layer in (ours, theirs):
+            layer.weight.copy_(torch.linspace(0.5, 2, 5))
+            layer.bias.copy_(torch.linspace(-1, 1, 5))
+    use_autocast = precision == "autocast bfloat16"
+    dtype = torch.bfloat16 if precision.endswith("bfloat16") else torch.float16
+
+    def step(layer, x, upstream):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_autocast):
+            h = before(x)                  # bfloat16 under autocast, float32 without
+            if not use_autocast:
+                h = h.to(dtype)
+            h = h.detach().requires_grad_()   # the same low-precision values into both layers
+            y = layer(h)
+        (y.float() * upstream).sum().backward()
+        return h, y
+
+    for training in (True, False):
+        for layer in (ours, theirs):
+            layer.train(training)
+        x = torch.randn(shape) * 3 + 1
+        upstream = torch.randn(before(x).shape)
+        for _ in range(2 if training else 1):
+            (h_ours, y_ours), (h_theirs, y_theirs) = (step(ours, x, upstream),
+                                                      step(theirs, x, upstream))
+            assert h_ours.dtype == dtype and y_theirs.dtype == dtype   # torch's keeps the dtype
+            assert_within_one_rounding_step(y_ours, y_theirs)
+            assert h_ours.grad.dtype == dtype
+            assert_within_one_rounding_step(h_ours.grad, h_theirs.grad)
+            for name in ("running_mean", "running_var"):
+                assert getattr(ours, name).dtype == torch.float32
+                torch.testing.assert_close(getattr(ours, name), getattr(theirs, name),
+                                           rtol=1e-5, atol=1e-6)
+            assert ours.weight.grad.dtype == torch.float32
+            torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-3, atol=1e-3)
+            for layer in (ours, theirs):
+                layer.zero_grad()
+    assert ours.num_batches_tracked.item() == theirs.num_batches_tracked.item() == 2
 
 
 def test_constant_channel_stays_finite():
@@ -236,16 +342,17 @@ def test_folded_model_gives_the_same_eval_outputs(script, dtype, tol):
     torch.testing.assert_close(folded(x), model(x), rtol=tol, atol=tol)
     after = model.state_dict()   # the model passed in is untouched, BN layers and all
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
-    assert len(batchnorm.batchnorm_layers(model)) == sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
-                                                         for m in model.modules()) - 1   # all but the head
+    weight_layers = sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules())
+    assert len(batchnorm.batchnorm_layers(model)) == weight_layers - 1   # all but the head
 
 
 def test_folding_equals_torchs_fusion_utilities():
     from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
     torch.manual_seed(1)
-    model = with_random_statistics(nn.Sequential(nn.Conv2d(2, 3, 3), BatchNorm2d(3), nn.Flatten(),
-                                                 nn.Linear(3 * 4 * 4, 4, bias=False), BatchNorm1d(4)),
-                                   torch.float64)
+    model = with_random_statistics(
+        nn.Sequential(nn.Conv2d(2, 3, 3), BatchNorm2d(3), nn.Flatten(),
+                      nn.Linear(3 * 4 * 4, 4, bias=False), BatchNorm1d(4)),
+        torch.float64)
     folded = batchnorm.fold_batchnorm(model)
     for index in (0, 3):
         layer, bn = model[index], model[index + 1]
@@ -267,13 +374,14 @@ def test_recalibrate_equals_torchs_cumulative_average(shape, conv):
 
     def network(norm1, norm2):
         if conv:
-            return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), norm2(3), nn.ReLU(), nn.Conv2d(3, 4, 3), norm2(4))
+            return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), norm2(3), nn.ReLU(),
+                                 nn.Conv2d(3, 4, 3), norm2(4))
         return nn.Sequential(nn.Linear(5, 4), norm1(4), nn.ReLU(), nn.Linear(4, 3), norm1(3))
 
     ours = network(BatchNorm1d, BatchNorm2d).double()
     theirs = network(lambda c: nn.BatchNorm1d(c, momentum=None),
                      lambda c: nn.BatchNorm2d(c, momentum=None)).double()
-    theirs.load_state_dict(ours.state_dict(), strict=False)   # the same weights, gamma and beta
+    theirs.load_state_dict(ours.state_dict(), strict=True)   # the same weights, gamma and beta
     batches = [torch.randn(shape, dtype=torch.float64) * 3 + 1 for _ in range(5)]
     parameters = [p.clone() for p in ours.parameters()]
     theirs.train()
@@ -281,10 +389,23 @@ def test_recalibrate_equals_torchs_cumulative_average(shape, conv):
         for batch in batches:
             theirs(batch)
     assert batchnorm.recalibrate(ours, batches) is ours and not ours.training
-    for mine, torchs in zip(batchnorm.batchnorm_layers(ours), [m for m in theirs if isinstance(m, nn.modules.batchnorm._BatchNorm)]):
+    torch_layers = [m for m in theirs if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for mine, torchs in zip(batchnorm.batchnorm_layers(ours), torch_layers, strict=True):
         torch.testing.assert_close(mine.running_mean, torchs.running_mean, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(mine.running_var, torchs.running_var, rtol=1e-10, atol=1e-10)
+        assert mine.num_batches_tracked.item() == torchs.num_batches_tracked.item() == 5
     assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), parameters))
+
+
+def test_recalibrate_counts_its_batches_after_the_training_ones():
+    """Each recalibration batch is a training-mode forward: counted, as torch's layer would."""
+    layer = trained(BatchNorm1d(3), (6, 3), steps=4, seed=8)
+    before = layer.running_mean.clone()
+    batches = [torch.randn(6, 3, dtype=torch.float64) for _ in range(2)]
+    batchnorm.recalibrate(layer, batches)
+    assert layer.num_batches_tracked.item() == 4 + 2
+    torch.testing.assert_close(layer.running_mean, torch.stack(batches).mean(dim=(0, 1)))
+    assert not torch.allclose(layer.running_mean, before)
 
 
 @pytest.mark.parametrize("layer_cls,shape", [(BatchNorm1d, (6, 4)), (BatchNorm2d, (3, 4, 5, 5))])
@@ -301,18 +422,21 @@ def test_detached_statistics_give_the_direct_path_only(layer_cls, shape):
         y = layer(inp)
         (y * upstream).sum().backward()
         results[detach] = (y, inp.grad, layer.weight.grad, layer.bias.grad, layer)
-    stat_shape, dims = batchnorm._stat_shape_and_dims(x)
+    stat_shape, dims = batchnorm.stat_shape_and_dims(x)
     var = x.var(dim=dims, correction=0, keepdim=True)
     gamma = results[True][4].weight.detach().view(stat_shape)
-    torch.testing.assert_close(results[True][1], gamma * upstream / torch.sqrt(var + 1e-5), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(results[True][1], gamma * upstream / torch.sqrt(var + 1e-5),
+                               rtol=1e-12, atol=1e-12)
     for same in (0, 2, 3):   # the forward and the gradients of gamma and beta do not change
-        torch.testing.assert_close(results[True][same], results[False][same], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(results[True][same], results[False][same],
+                                   rtol=1e-12, atol=1e-12)
     assert not torch.allclose(results[True][1], results[False][1], atol=1e-3)
 
     detached = results[True][4]
     # The true gradient passes gradcheck against the layer's own forward; the detached one fails it.
     assert torch.autograd.gradcheck(results[False][4], (x.clone().requires_grad_(),))
-    assert not torch.autograd.gradcheck(detached, (x.clone().requires_grad_(),), raise_exception=False)
+    assert not torch.autograd.gradcheck(detached, (x.clone().requires_grad_(),),
+                                        raise_exception=False)
 
 
 @pytest.mark.parametrize("shape", [(7, 3), (4, 3, 5, 6)])
@@ -323,9 +447,10 @@ def test_backward_by_steps_equals_the_closed_form_and_autograd(shape):
     beta = torch.randn(shape[1], generator=gen, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(shape, generator=gen, dtype=torch.float64)
     steps = batchnorm.batch_norm_backward_by_steps(upstream, x.detach(), gamma.detach(), 1e-5)
-    closed = torch.autograd.grad(BatchNormFunction.apply(x, gamma, beta, 1e-5)[0], (x, gamma, beta), upstream)
-    torchs = torch.autograd.grad(torch.nn.functional.batch_norm(x, None, None, gamma, beta, training=True, eps=1e-5),
-                                 (x, gamma, beta), upstream)
+    closed_y = BatchNormFunction.apply(x, gamma, beta, 1e-5)[0]
+    torch_y = torch.nn.functional.batch_norm(x, None, None, gamma, beta, training=True, eps=1e-5)
+    closed = torch.autograd.grad(closed_y, (x, gamma, beta), upstream)
+    torchs = torch.autograd.grad(torch_y, (x, gamma, beta), upstream)
     for by_steps, by_closed_form, by_torch in zip(steps, closed, torchs):
         torch.testing.assert_close(by_steps, by_closed_form, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(by_steps, by_torch, rtol=1e-10, atol=1e-10)

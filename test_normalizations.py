@@ -1,16 +1,21 @@
-"""BN's relatives in batchnorm.py: LayerNorm, GroupNorm and Batch Renormalization.
+"""BN's relatives in norms.py: LayerNorm, GroupNorm, Batch Renormalization, the layers by name.
 
 LayerNorm and GroupNorm against torch.nn's in float64; Batch Renormalization against our own
 BatchNorm (r_max = 1, d_max = 0), against evaluation's formula (no clipping) and against
 autograd through its formula written plainly.
 """
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 import batchnorm
-from batchnorm import (BatchNorm, BatchNorm1d, BatchNorm2d, BatchRenorm, BatchRenorm1d,
-                       BatchRenorm2d, GroupNorm, LayerNorm, PAPER_WARMUP)
+import norms
+from batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d
+from norms import (BatchRenorm, BatchRenorm1d, BatchRenorm2d, GroupNorm, LayerNorm,
+                   PAPER_WARMUP)
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 
@@ -146,7 +151,9 @@ def test_renorm_without_room_to_correct_is_batch_norm(renorm_cls, bn_cls, shape)
         assert torch.equal(renorm.running_var, bn.running_var)
     x = randn(*shape, seed=99)
     assert torch.equal(renorm.eval()(x), bn.eval()(x))
-    assert renorm.num_batches_tracked.item() == 4
+    # One step counter, BN's: the same buffers, counting the same training steps.
+    assert list(renorm.state_dict()) == list(bn.state_dict())
+    assert renorm.num_batches_tracked.item() == bn.num_batches_tracked.item() == 4
 
 
 @pytest.mark.parametrize("renorm_cls,shape", RENORM_SHAPES)
@@ -270,7 +277,7 @@ def test_renorm_is_a_batch_norm_for_folding_and_the_layer_list():
     ("brn", 2, None, BatchRenorm1d), ("brn", 4, None, BatchRenorm2d),
 ])
 def test_norm_layers_builds_the_relatives(norm, rank, groups, cls):
-    [layer] = batchnorm.norm_layers(norm, 8, rank=rank, groups=groups)
+    [layer] = norms.norm_layers(norm, 8, rank=rank, groups=groups)
     assert type(layer) is cls
     assert layer.weight.shape == (8,)
     if norm == "gn":
@@ -280,6 +287,15 @@ def test_norm_layers_builds_the_relatives(norm, rank, groups, cls):
 
 
 def test_norm_layers_group_norm_needs_a_group_count():
-    assert list(batchnorm.NORMALIZATIONS)[:2] == ["none", "bn"]
+    assert list(norms.NORMALIZATIONS)[:2] == ["none", "bn"]
     with pytest.raises(ValueError, match="GroupNorm group count.*groups="):
-        batchnorm.norm_layers("gn", 8, rank=4)
+        norms.norm_layers("gn", 8, rank=4)
+
+
+def test_batchnorm_does_not_import_norms():
+    """norms.py builds on batchnorm.py, never the other way round: the lesson stands alone."""
+    tree = ast.parse(Path(batchnorm.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "torch" in imported and "norms" not in imported

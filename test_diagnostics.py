@@ -15,7 +15,7 @@ import cnn
 import mlp
 import solver
 from studies import diagnostics
-from studies.common import Study
+from studies.common import Study, run_study
 from studies.diagnostics import layer_diagnostics
 from studies.figure1 import figure1_network
 
@@ -160,22 +160,28 @@ def test_the_quick_study_records_six_networks_step_by_step(quick_run):
             == pytest.approx(good["bn"]["start"][0]["layers"][1]["activation"]["std"], rel=0.1))
 
 
-def test_a_diverging_run_stops_at_the_step_whose_loss_is_not_finite(tiny_mnist, monkeypatch):
-    """The update ratios stop at the last update before the first non-finite loss: as many as
-    the steps that a per-step window (disp_freq 1) completes before solver.py stops the run."""
-    study = Study(argparse.Namespace(quick=True, seed=0, seeds=1, out="-", figures="-"),
-                  solver.load_mnist(tiny_mnist, torch.device("cpu")))
+def test_a_diverging_run_stops_at_the_step_whose_loss_is_not_finite(tiny_mnist, tmp_path,
+                                                                   monkeypatch):
+    """At rate 1 the N(0, 1) network without BN diverges: its update ratios stop at the last
+    update before the first non-finite loss, as many as the steps that a per-step window
+    (disp_freq 1) completes before solver.py stops the run; the tables and figures draw it."""
+    args = argparse.Namespace(quick=True, seed=0, seeds=1, out=str(tmp_path),
+                              figures=str(tmp_path))
+    study = Study(args, solver.load_mnist(tiny_mnist, torch.device("cpu")))
     settings = diagnostics.settings
 
-    def diverging(study):   # rate 1: N(0, 1) weights without BN diverge within 20 steps
+    def diverging(study):
         steps, probe_size, config, data, probe = settings(study)
         return steps, probe_size, {**config, "learning_rate": 1.0}, data, probe
 
     monkeypatch.setattr(diagnostics, "settings", diverging)
-    result = diagnostics.train_one(study, {"network": "mlp_n01", "arm": "no_bn", "seed": 0})
-    assert result["outcome"] == "diverged" and result["end"] is None
+    results = run_study(diagnostics, study)
+    record = results["networks"]["mlp_n01"]["no_bn"]
+    assert record["outcome"] == ["diverged"] and record["end"] == [None]
     _, _, config, data, _ = diverging(study)
     model = study.model(diagnostics.mlp_normal(False), seed=0)
     history, diverged = study.fit(model, {**config, "disp_freq": 1}, data=data, seed=0)
-    assert diverged and 0 < result["steps_done"] == len(history["train"]["iter"]) < 20
-    assert all(len(r) == result["steps_done"] for r in result["log10_update_ratio"])
+    done = record["steps_done"][0]
+    assert diverged and 0 < done == len(history["train"]["iter"]) < results["steps"]
+    assert all(len(ratios) == done for ratios in record["log10_update_ratio"][0])
+    assert all((tmp_path / name).exists() for name in diagnostics.FIGURES)

@@ -228,6 +228,13 @@ def mlp_with(bn):
     return lambda: mlp.build_model(norm_of(bn))
 
 
+def first_images(data, n_train, n_test):
+    """(train_x, train_y, test_x, test_y) cut to the first n_train training and n_test test
+    images: a quick mode's smaller run."""
+    train_x, train_y, test_x, test_y = data
+    return train_x[:n_train], train_y[:n_train], test_x[:n_test], test_y[:n_test]
+
+
 def mean_and_range(values):
     """(mean, min, max) of a setting's numbers over seeds; None where none is finite."""
     finite = [v for v in values if v is not None and math.isfinite(v)]

@@ -9,7 +9,7 @@ from torch import nn
 import batchnorm
 import mlp
 from batchnorm import BatchNorm1d
-from studies.common import markdown_table, show_seeds
+from studies.common import first_images, markdown_table, show_seeds
 
 NAME = "detach"
 QUESTION = "the BN paper's section 2: detached statistics"
@@ -44,8 +44,11 @@ def build(bias, detach, beta_trained):
     return model
 
 
-def epochs(study):
-    return 1 if study.quick else 3
+def settings(study):
+    """(epochs, data): quick: one pass over 300 training images, 200 test images."""
+    if study.quick:
+        return 1, first_images(study.data, 300, 200)
+    return 3, study.data
 
 
 def trainings(study):
@@ -57,7 +60,8 @@ def train_one(study, job):
     biases); after every window: the hidden layers' weight and bias norms, and the gradients
     of the window's last step (solver.py zeroes them only when the next step begins)."""
     bias, detach, beta_trained = ARMS[job["arm"]]
-    config = study.config(max_epoch=epochs(study), weight_decay=0.0)
+    epochs, data = settings(study)
+    config = study.config(max_epoch=epochs, weight_decay=0.0)
     model = study.model(lambda: build(bias, detach, beta_trained), job["seed"])
     hidden = [m for m in model.modules() if isinstance(m, nn.Linear)][:-1]
     betas = [layer.bias for layer in batchnorm.batchnorm_layers(model)]
@@ -74,7 +78,8 @@ def train_one(study, job):
             record["bias_grad"].append(norm(m.bias.grad for m in hidden))
 
     start = norm(m.bias for m in hidden) if bias else 0.0
-    history, verdict, acc = study.train(model, config, job["seed"], on_window=on_window)
+    history, verdict, acc = study.train(model, config, job["seed"], on_window=on_window,
+                                        data=data)
     return {"test_acc": acc, "outcome": verdict, "train_loss": history["train"]["loss"],
             "bias_norm_at_start": start, **record}
 
@@ -89,7 +94,7 @@ def assemble(study, jobs, results):
         for key, value in result.items():
             if key != "iter":
                 arm[key].append(value)
-    return {"epochs": epochs(study), "arms": arms}
+    return {"epochs": settings(study)[0], "arms": arms}
 
 
 def median_ratio(arm):

@@ -13,8 +13,8 @@ from torch import nn
 
 import mlp
 import plumbing
-from studies.common import (color, label, markdown_table, mean_and_range, mlp_with, norm_of,
-                            preserved, show_seeds)
+from studies.common import (color, first_images, label, markdown_table, mean_and_range,
+                            mlp_with, norm_of, preserved, show_seeds)
 from studies.figure1 import figure1_network
 
 NAME = "diagnostics"
@@ -155,15 +155,16 @@ def whole_epochs(steps, batch, n_images):
 
 def settings(study):
     """(steps, probe images, config, data, probe) of the study, derived from study.data alone:
-    1,000 steps (quick: 20) as whole epochs over a slice of the training images, the report's
-    SGD at a constant 0.1, and a fixed probe batch inside that slice."""
-    steps, probe_size = (20, 100) if study.quick else (1000, 1000)
-    train_x, train_y, test_x, test_y = study.data
+    1,000 steps as whole epochs over a slice of the training images, the report's SGD at a
+    constant 0.1, and a fixed probe batch inside that slice. Quick: 10 steps, a probe of 50
+    images, 200 test images."""
+    steps, probe_size, n_test = (10, 50, 200) if study.quick else (1000, 1000, None)
+    train_x, train_y = study.data[:2]
     config = study.config()
     epochs, images = whole_epochs(steps, config["batch_size"], len(train_x))
     config["max_epoch"] = epochs
-    data = (train_x[:images], train_y[:images], test_x, test_y)
-    return steps, probe_size, config, data, (train_x[:probe_size], train_y[:probe_size])
+    return (steps, probe_size, config, first_images(study.data, images, n_test),
+            (train_x[:probe_size], train_y[:probe_size]))
 
 
 def trainings(study):

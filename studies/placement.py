@@ -6,7 +6,7 @@ from torch import nn
 import cnn
 import mlp
 from batchnorm import BatchNorm1d, BatchNorm2d
-from studies.common import draw_over_seeds, markdown_table, show_seeds
+from studies.common import draw_over_seeds, first_images, markdown_table, show_seeds
 
 NAME = "placement"
 QUESTION = "BN before or after the ReLU"
@@ -37,8 +37,11 @@ BUILDERS = {  # model -> placement -> network; "before" is the scripts' own (the
     "cnn": {"before": lambda: cnn.build_model("bn"), "after": cnn_bn_after_relu}}
 
 
-def epochs(study):
-    return 1 if study.quick else 3
+def settings(study):
+    """(epochs, data): quick: one pass over 300 training images, 200 test images."""
+    if study.quick:
+        return 1, first_images(study.data, 300, 200)
+    return 3, study.data
 
 
 def trainings(study):
@@ -50,9 +53,10 @@ def trainings(study):
 
 def train_one(study, job):
     """One network for the study's epochs at the report's recipe (constant rate 0.1)."""
+    epochs, data = settings(study)
     model = study.model(BUILDERS[job["network"]][job["arm"]], job["seed"])
-    history, verdict, acc = study.train(model, study.config(max_epoch=epochs(study)),
-                                        job["seed"])
+    history, verdict, acc = study.train(model, study.config(max_epoch=epochs), job["seed"],
+                                        data=data)
     return {"test_acc": acc, "outcome": verdict, "test_acc_per_epoch": history["test"]["acc"],
             "train_iter": history["train"]["iter"], "train_loss": history["train"]["loss"]}
 
@@ -60,7 +64,7 @@ def train_one(study, job):
 def assemble(study, jobs, results):
     """Per model and placement, each number as a list over seeds; after_minus_before pairs the
     two placements by seed (the same batch order in both) where neither diverged."""
-    n = epochs(study)
+    n = settings(study)[0]
     models = {name: {place: {"test_acc": [], "outcome": [], "test_acc_per_epoch": [],
                              "train_iter": None, "train_loss": []} for place in builders}
               for name, builders in BUILDERS.items()}

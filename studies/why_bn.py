@@ -8,7 +8,7 @@ from torch import nn
 
 import cnn
 import mlp
-from studies.common import draw_over_seeds, mean_and_range
+from studies.common import draw_over_seeds, first_images, mean_and_range
 
 NETWORKS = {"mlp": mlp.build_model, "cnn": cnn.build_model}   # build(norm), the report's two
 
@@ -25,10 +25,7 @@ def schedule(study):
 def training_data(study):
     """What the studies train and test on: study.data, or in --quick its first 100 training
     and 100 test images."""
-    if not study.quick:
-        return study.data
-    train_x, train_y, test_x, test_y = study.data
-    return train_x[:100], train_y[:100], test_x[:100], test_y[:100]
+    return first_images(study.data, 100, 100) if study.quick else study.data
 
 
 def measured(step, every):

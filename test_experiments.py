@@ -79,15 +79,15 @@ def test_lr_grid_pins_each_edge_and_labels_every_run(quick_run):
 
 def test_batch_has_both_rate_rules_three_evaluations_and_the_batch_2_mechanism(quick_run):
     batch = quick_run[0]["batch"]
-    assert batch["sizes"][0] == 2 and 100 in batch["sizes"]
+    assert batch["sizes"][0] == 2 and batch["sizes"][-1] >= 32
     constant, linear = batch["arms"]["constant"], batch["arms"]["linear"]
     assert constant["lr"] == [0.1] * len(batch["sizes"])
     assert linear["lr"] == [0.1 * s / 100 for s in batch["sizes"]]
-    smallest, at_100 = 0, batch["sizes"].index(100)
+    smallest, largest = 0, -1
     for arm in (constant, linear):
         assert len(arm["bn_population"][smallest]) == len(arm["bn_batch_stats"][smallest]) == 1
-    # two values per channel: x_hat is +-1 (up to eps and ties); at batch 100, almost never
-    assert linear["x_hat_near_one"][smallest][0] > 0.5 > linear["x_hat_near_one"][at_100][0]
+    # two values per channel: x_hat is +-1 (up to eps and ties); at 32 or more, almost never
+    assert linear["x_hat_near_one"][smallest][0] > 0.5 > linear["x_hat_near_one"][largest][0]
     assert linear["first_grad_norm_bn"][smallest][0] > 0
 
 
@@ -294,7 +294,8 @@ def test_batch_survives_arms_that_diverge_at_once(tiny_mnist, tmp_path, monkeypa
                               figures=str(tmp_path))
     run_study(batch, Study(args, solver.load_mnist(tiny_mnist, torch.device("cpu"))))
     constant = json.loads((tmp_path / "batch.json").read_text())["arms"]["constant"]
-    assert all(seeds == ["diverged"] for seeds in constant["bn_outcome"] + constant["no_bn_outcome"])
+    assert all(seeds == ["diverged"]
+               for seeds in constant["bn_outcome"] + constant["no_bn_outcome"])
     assert constant["bn_eval"][0] == [None] and (tmp_path / "batch_size.png").exists()
     # diverged in the first window: no window completed, so nothing of the mechanism recorded
     assert all(seeds == [None] for seeds in constant["x_hat_near_one"]

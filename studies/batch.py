@@ -88,7 +88,15 @@ class Mechanism:
 
 
 def sizes_of(study):
-    return [2, 8, 32, 100] if study.quick else [2, 4, 8, 32, 100, 512]
+    return [2, 32] if study.quick else [2, 4, 8, 32, 100, 512]
+
+
+def data_of(study):
+    """study.data; quick: its first 100 training and 100 test images."""
+    if not study.quick:
+        return study.data
+    train_x, train_y, test_x, test_y = study.data
+    return train_x[:100], train_y[:100], test_x[:100], test_y[:100]
 
 
 def trainings(study):
@@ -102,13 +110,14 @@ def train_one(study, job):
     """One epoch at the job's batch size and rule's rate; with BN, also evaluated with the test
     batches' statistics and with population statistics (None where the loss diverged)."""
     size, bn = job["batch"], job["arm"] == "bn"
-    train_x, _, test_x, test_y = study.data
+    data = data_of(study)
+    train_x, _, test_x, test_y = data
     config = study.config(batch_size=size, learning_rate=RATES[job["rule"]](size),
                           disp_freq=max(1, 5000 // size))
     model = study.model(mlp_with(bn), job["seed"])
     mechanism = Mechanism(model, config, len(train_x) // size)
     history, verdict, acc = study.train(model, config, job["seed"], on_step=mechanism.on_step,
-                                        on_window=mechanism.on_window)
+                                        on_window=mechanism.on_window, data=data)
     # a run that diverged in its first window has recorded none of these
     result = {"test_acc": acc, "outcome": verdict,
               "last_window_acc": last(history["train"]["acc"]),

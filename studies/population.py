@@ -48,6 +48,14 @@ def epochs_of(study):
     return 1 if study.quick else 5
 
 
+def data_of(study):
+    """study.data; quick: its first 100 training and 100 test images."""
+    if not study.quick:
+        return study.data
+    train_x, train_y, test_x, test_y = study.data
+    return train_x[:100], train_y[:100], test_x[:100], test_y[:100]
+
+
 def trainings(study):
     """The MLP and the CNN at batch 100, compared after each epoch; then the MLP at each small
     batch, compared after one epoch."""
@@ -61,12 +69,13 @@ def train_one(study, job):
     """{"running_acc", "population_acc", "gaps"}: lists over epochs at batch 100; at a small
     batch (one epoch, the rate scaled with the batch as in `batch`), the one comparison."""
     name, size = job["network"], job["batch"]
-    train_x, _, test_x, test_y = study.data
+    data = data_of(study)
+    train_x, _, test_x, test_y = data
     model = study.model(lambda: SCRIPTS[name].build_model("bn"), job["seed"])
     if size in SMALL_BATCHES:
         config = study.config(batch_size=size, learning_rate=0.1 * size / 100,
                               disp_freq=max(1, 5000 // size))
-        study.fit(model, config, seed=job["seed"])
+        study.fit(model, config, data=data, seed=job["seed"])
         return dict(zip(COMPARED, compare(model, train_x, test_x, test_y, size)))
     per_epoch = {key: [] for key in COMPARED}
 
@@ -74,7 +83,7 @@ def train_one(study, job):
         for key, value in zip(COMPARED, compare(model, train_x, test_x, test_y, size)):
             per_epoch[key].append(value)
 
-    study.fit(model, study.config(max_epoch=epochs_of(study)), on_epoch=on_epoch,
+    study.fit(model, study.config(max_epoch=epochs_of(study)), on_epoch=on_epoch, data=data,
               seed=job["seed"])
     return per_epoch
 

@@ -35,8 +35,9 @@ def population_outcome(model, train_x, batch_size, test_x, test_y, train_loss):
 
 
 def settings(study):
-    """(batch sizes, training images): quick: two sizes on 200 images."""
-    return ([2, 16], 200) if study.quick else (SIZES, IMAGES)
+    """(batch sizes, training images, test images; None: all): quick: two sizes on 20 images,
+    tested on 100."""
+    return ([2, 16], 20, 100) if study.quick else (SIZES, IMAGES, None)
 
 
 def trainings(study):
@@ -49,9 +50,9 @@ def trainings(study):
 def train_one(study, job):
     """One pass over the first images at the job's batch size, lr 0.1 * batch / 100; a BN run
     is also evaluated with population statistics ("population": {"outcome", "test_acc"})."""
-    size, images = job["batch"], settings(study)[1]
+    size, (_, images, tests) = job["batch"], settings(study)
     train_x, train_y, test_x, test_y = study.data
-    data = (train_x[:images], train_y[:images], test_x, test_y)
+    data = (train_x[:images], train_y[:images], test_x[:tests], test_y[:tests])
     config = study.config(batch_size=size, learning_rate=0.1 * size / 100,
                           disp_freq=max(1, 5000 // size))
     model = study.model(lambda: SCRIPTS[job["network"]].build_model(job["norm"]), job["seed"])
@@ -59,14 +60,14 @@ def train_one(study, job):
     result = {"outcome": label, "test_acc": acc}
     if job["norm"] == "bn":   # the same run, evaluated with population statistics
         if label != "diverged":
-            label, acc = population_outcome(model, data[0], size, test_x, test_y,
+            label, acc = population_outcome(model, data[0], size, data[2], data[3],
                                             history["train"]["loss"][-1])
         result["population"] = {"outcome": label, "test_acc": acc}
     return result
 
 
 def assemble(study, jobs, results):
-    sizes, images = settings(study)
+    sizes, images, _ = settings(study)
     models = {name: {arm: {"test_acc": [[] for _ in sizes], "outcome": [[] for _ in sizes]}
                      for arm in ARMS} for name in SCRIPTS}
     for job, result in zip(jobs, results):

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 import batchnorm
-from studies.common import (color, draw_over_seeds, markdown_table, mean_and_range, mlp_with,
-                            module_input, outcome, preserved, show_seeds)
+from studies.common import (color, draw_over_seeds, first_images, markdown_table,
+                            mean_and_range, mlp_with, module_input, outcome, preserved,
+                            show_seeds)
 
 NAME = "batch"
 QUESTION = "batch size: eval mode against a forgotten model.eval(), and why batch 2 fails"
@@ -93,10 +94,7 @@ def sizes_of(study):
 
 def data_of(study):
     """study.data; quick: its first 100 training and 100 test images."""
-    if not study.quick:
-        return study.data
-    train_x, train_y, test_x, test_y = study.data
-    return train_x[:100], train_y[:100], test_x[:100], test_y[:100]
+    return first_images(study.data, 100, 100) if study.quick else study.data
 
 
 def trainings(study):

@@ -10,8 +10,8 @@ from torch import nn
 import batchnorm
 import solver
 from batchnorm import BatchNorm1d
-from studies.common import (color, draw_over_seeds, markdown_table, module_input, outcome,
-                            show_seeds)
+from studies.common import (color, draw_over_seeds, first_images, markdown_table, module_input,
+                            outcome, show_seeds)
 
 NAME = "figure1"
 QUESTION = "the BN paper's Figure 1, its network and its three panels"
@@ -72,9 +72,8 @@ def as_at_inference(model, batches):
 def binary_data(study):
     """study.data with every pixel 0 or 1: "a 28x28 binary image" (pixel >= 0.5 in [0, 1]);
     quick: its first 300 test images."""
-    train_x, train_y, test_x, test_y = study.data
-    if study.quick:
-        test_x, test_y = test_x[:300], test_y[:300]
+    data = first_images(study.data, None, 300) if study.quick else study.data
+    train_x, train_y, test_x, test_y = data
     threshold = (0.5 - solver.MNIST_MEAN) / solver.MNIST_STD
     return ((train_x >= threshold).float(), train_y, (test_x >= threshold).float(), test_y)
 

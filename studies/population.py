@@ -10,7 +10,7 @@ import batchnorm
 import cnn
 import mlp
 import solver
-from studies.common import markdown_table, show_seeds
+from studies.common import first_images, markdown_table, show_seeds
 
 NAME = "population"
 QUESTION = "momentum running estimates against population statistics"
@@ -50,10 +50,7 @@ def epochs_of(study):
 
 def data_of(study):
     """study.data; quick: its first 100 training and 100 test images."""
-    if not study.quick:
-        return study.data
-    train_x, train_y, test_x, test_y = study.data
-    return train_x[:100], train_y[:100], test_x[:100], test_y[:100]
+    return first_images(study.data, 100, 100) if study.quick else study.data
 
 
 def trainings(study):

@@ -9,7 +9,7 @@ import batchnorm
 import cnn
 import mlp
 import plot
-from studies.common import draw_over_seeds, markdown_table, outcome, show_seeds
+from studies.common import draw_over_seeds, first_images, markdown_table, outcome, show_seeds
 
 NAME = "small_batch"
 QUESTION = "BN, Batch Renorm, GroupNorm, LayerNorm at batches 2-128"
@@ -51,8 +51,7 @@ def train_one(study, job):
     """One pass over the first images at the job's batch size, lr 0.1 * batch / 100; a BN run
     is also evaluated with population statistics ("population": {"outcome", "test_acc"})."""
     size, (_, images, tests) = job["batch"], settings(study)
-    train_x, train_y, test_x, test_y = study.data
-    data = (train_x[:images], train_y[:images], test_x[:tests], test_y[:tests])
+    data = first_images(study.data, images, tests)
     config = study.config(batch_size=size, learning_rate=0.1 * size / 100,
                           disp_freq=max(1, 5000 // size))
     model = study.model(lambda: SCRIPTS[job["network"]].build_model(job["norm"]), job["seed"])

@@ -14,7 +14,7 @@ bias with BN too, to match the report's count.
 from torch import nn
 
 import solver
-from batchnorm import norm_layers
+from norms import norm_layers
 
 # GroupNorm's group count (--norm gn): the 4 channels in 2 groups of 2 (G = 1 would be
 # LayerNorm over all of a sample's channels, G = 4 normalises each channel of each image alone).
@@ -28,7 +28,7 @@ config = dict(
 
 
 def build_model(norm: str = "none") -> nn.Module:
-    """norm: a name of batchnorm.NORMALIZATIONS ("bn", "ln", "gn", "brn", "none")."""
+    """norm: a name of norms.NORMALIZATIONS ("bn", "ln", "gn", "brn", "none")."""
     def conv_block(n_in, n_out):
         return [nn.Conv2d(n_in, n_out, kernel_size=3, padding=1),   # padding 1 keeps 28x28
                 *norm_layers(norm, n_out, rank=4, groups=GN_GROUPS),

@@ -10,7 +10,7 @@ with BN the bias would be redundant anyway, since BN subtracts the batch mean an
 from torch import nn
 
 import solver
-from batchnorm import norm_layers
+from norms import norm_layers
 
 # GroupNorm's group count (--norm gn): the 128 and 64 features in 8 groups of 16 and 8.
 GN_GROUPS = 8
@@ -19,7 +19,7 @@ config = dict(solver.DEFAULTS)   # the report's recipe (and ours: see solver.DEF
 
 
 def build_model(norm: str = "none") -> nn.Module:
-    """norm: a name of batchnorm.NORMALIZATIONS ("bn", "ln", "gn", "brn", "none")."""
+    """norm: a name of norms.NORMALIZATIONS ("bn", "ln", "gn", "brn", "none")."""
     def hidden(n_in, n_out):
         # linear -> [norm] -> ReLU: the layer normalises the input of each nonlinearity,
         # as in the BN paper

@@ -18,7 +18,7 @@ them all.
 from torch import nn
 
 import solver
-from batchnorm import norm_layers
+from norms import norm_layers
 
 WIDTHS = (16, 32, 64)
 # GroupNorm's group count (--norm gn): divides every width, in groups of 2, 4 and 8 channels.
@@ -57,7 +57,7 @@ class BasicBlock(nn.Module):
 
 
 def build_model(norm: str = config["norm"]) -> nn.Module:
-    """norm: a name of batchnorm.NORMALIZATIONS: "bn" (the default), "ln", "gn", "brn" or
+    """norm: a name of norms.NORMALIZATIONS: "bn" (the default), "ln", "gn", "brn" or
     "none"."""
     c1, c2, c3 = WIDTHS
     return nn.Sequential(

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import plumbing
-from batchnorm import NORMALIZATIONS
+from norms import NORMALIZATIONS
 from plumbing import non_negative_float, non_negative_int, positive_int
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081   # of the 60,000 training images, pixels scaled to [0, 1]
@@ -36,7 +36,7 @@ DEFAULTS = {   # the report's SGD recipe, in its key names; a script's config ch
     "lr_schedule": "cosine",
     "warmup_epochs": 0,
     "augment_shift": 0,
-    "norm": "none",           # the normalization layer: a name of batchnorm.NORMALIZATIONS
+    "norm": "none",           # the normalization layer: a name of norms.NORMALIZATIONS
 }
 
 # ----------------------------------------------------------------------------- the flags

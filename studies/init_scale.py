@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import mlp
-from batchnorm import norm_layers
+from norms import norm_layers
 from studies.common import (draw_sweep, norm_of, sweep_assemble, sweep_table, sweep_train_one,
                             sweep_trainings)
 

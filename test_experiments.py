@@ -22,8 +22,8 @@ from studies.small_batch import population_outcome
 
 def test_every_study_writes_its_json_and_its_figure(quick_run):
     results, figures = quick_run
-    assert {"figure1", "lr", "batch", "momentum", "init", "population", "detach"} <= set(results)
-    drawn = [name for names in experiments.FIGURES.values() for name in names]
+    assert set(results) == set(experiments.STUDIES) and len(experiments.STUDIES) == 13
+    drawn = [name for page in experiments.STUDIES.values() for name in page.FIGURES]
     for name in drawn:
         assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"bn_paper_figure1.png", "lr_robustness.png", "batch_size.png",
@@ -163,20 +163,31 @@ def test_detach_shows_the_bias_gradient_is_zero_only_with_the_true_gradient(quic
     assert all(m.bias is None for m in plain if isinstance(m, nn.Linear))
 
 
+def test_help_lists_every_study_with_its_question(capsys):
+    with pytest.raises(SystemExit) as stop:
+        experiments.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    for name, page in experiments.STUDIES.items():
+        assert f"  {name} " in out and page.QUESTION in out
+
+
 def test_an_unknown_study_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as stop:
         experiments.main(["fig1"])
     assert stop.value.code == 2 and "invalid choice: 'fig1'" in capsys.readouterr().err
 
 
-def test_missing_mnist_is_one_line(tmp_path, capsys, monkeypatch):
+def test_missing_mnist_stops_before_any_study(tmp_path, monkeypatch):
+    # in this process a SolverError; the command line's one line and exit 1 for it are
+    # test_plumbing.py's (the same plumbing.one_line_failures)
     def no_mnist(data_dir, device):
         raise experiments.plumbing.SolverError(f"MNIST is not in {data_dir}/MNIST/raw")
-    monkeypatch.setattr(experiments.solver, "load_mnist", no_mnist)
-    with pytest.raises(SystemExit) as stop:
-        experiments.main(["lr", "--data-dir", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert stop.value.code == 1 and err.strip() == f"error: MNIST is not in {tmp_path}/MNIST/raw"
+    monkeypatch.setattr(solver, "load_mnist", no_mnist)
+    with pytest.raises(experiments.plumbing.SolverError, match="MNIST is not in"):
+        experiments.run_studies(experiments.parse_args(
+            ["lr", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")]))
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -192,29 +203,36 @@ class Constant(nn.Module):
         return nn.functional.one_hot(torch.full((len(x),), self.answer), 10).float()
 
 
+class FirstPixel(nn.Module):
+    """A 'network' that answers the class written in each image's first pixel."""
+
+    def forward(self, x):
+        return nn.functional.one_hot(x[:, 0, 0, 0].long(), 10).float()
+
+
 def test_outcome_is_one_rule_for_every_study():
     images = torch.randn(30, 1, 28, 28)
     ones = torch.ones(30, dtype=torch.int64)
     # one class predicted: failed whatever its accuracy (here 100%)
-    assert experiments.outcome(Constant(1), images, ones, train_loss=0.3) == ("failed", 1.0)
-    assert experiments.outcome(Constant(1), images, ones, float("nan"))[0] == "diverged"
-    assert experiments.outcome(Constant(1), images, ones, float("inf")) == ("diverged", None)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    labels = model(images).argmax(dim=1).detach()   # what it answers: right on every image
-    if labels.unique().numel() > 2:
-        assert experiments.outcome(model, images, labels, 0.1) == ("ok", 1.0)
+    assert outcome(Constant(1), images, ones, train_loss=0.3) == ("failed", 1.0)
+    assert outcome(Constant(1), images, ones, float("nan"))[0] == "diverged"
+    assert outcome(Constant(1), images, ones, float("inf")) == ("diverged", None)
+    model = FirstPixel()
+    labels = torch.arange(30) % 10                   # ten classes, each answered right
+    images[:, 0, 0, 0] = labels.float()
+    assert outcome(model, images, labels, 0.1) == ("ok", 1.0)
     wrong = (labels + 1) % 10                        # wrong on every image: accuracy 0 < 20%
-    assert experiments.outcome(model, images, wrong, 0.1) == ("failed", 0.0)
+    assert outcome(model, images, wrong, 0.1) == ("failed", 0.0)
     assert model.training   # put back into training mode
 
 
 def quick_study(data, seed=0, seeds=1):
     args = argparse.Namespace(quick=True, seed=seed, seeds=seeds, out="unused", figures="unused")
-    return experiments.Study(args, data)
+    return Study(args, data)
 
 
 def test_a_diverging_arm_is_labelled_and_crashes_nothing(tiny_mnist):
-    study = quick_study(experiments.solver.load_mnist(tiny_mnist, torch.device("cpu")))
+    study = quick_study(solver.load_mnist(tiny_mnist, torch.device("cpu")))
     model = study.model(lambda: mlp.build_model("none"), seed=0)
     history, label, acc = study.train(model, study.config(learning_rate=1e30), seed=0)
     assert (label, acc) == ("diverged", None)   # a label, not an exception

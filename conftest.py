@@ -2,6 +2,7 @@
 the real MNIST where ../shared/data has it, a script's training run in this process, and every
 study of experiments.py once in --quick mode."""
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -12,6 +13,12 @@ import registry
 import solver
 
 REPO = Path(__file__).resolve().parent
+
+# One thread per test process, its subprocesses included: pytest.ini runs two workers, one per
+# core, and tiny tensors gain nothing from a second thread (the suite's numbers do not depend
+# on this: no test compares against numbers recorded at another thread count).
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -94,3 +101,12 @@ def quick_run(tiny_mnist, tmp_path_factory):
     results = {study: json.loads((root / "json" / f"{study}.json").read_text())
                for study in experiments.STUDIES}
     return results, root / "figures"
+
+
+@pytest.hookimpl(tryfirst=True)   # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """With pytest-xdist (pytest.ini runs two workers), the tests that read quick_run share one
+    worker, so the studies' quick run is made once, not once per worker."""
+    for item in items:
+        if "quick_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("quick_run"))

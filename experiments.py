@@ -3,6 +3,7 @@
     python experiments.py STUDY           # one study (the list: python experiments.py --help)
     python experiments.py all             # every study (docs/studies.md gives each one's time)
     python experiments.py all --quick     # every study shrunk to seconds: shows that it runs
+                                          # (figures only where --figures says)
     python experiments.py STUDY --redraw  # its figures again from <out>/STUDY.json
 
 Each study is a page of its own in studies/, in the one form that studies/common.py describes:
@@ -61,25 +62,29 @@ def parse_args(argv=None):
                         help="seeds per setting: --seed .. --seed + N - 1 (default: 3, "
                              "1 with --quick)")
     parser.add_argument("--out", default="runs/experiments", help="where each study's JSON goes")
-    parser.add_argument("--figures", default="figures", help="where each study's figure goes")
-    parser.add_argument("--quick", action="store_true", help="every study shrunk to seconds")
+    parser.add_argument("--figures", default=None,
+                        help="where each study's figures go (default: figures; with --quick "
+                             "none are drawn unless --figures is given)")
+    parser.add_argument("--quick", action="store_true",
+                        help="every study shrunk to seconds, one seed: shows that its code runs")
     parser.add_argument("--redraw", action="store_true",
                         help="draw the figure again from <out>/<study>.json, without training "
                              "(the studies that have a draw function)")
-    parser.add_argument("--threads", type=plumbing.positive_int, default=None,
-                        help="torch's intra-op threads (default: torch's choice here); 1 is "
-                             "faster at tiny batches and when other work shares the cores")
+    parser.add_argument("--threads", type=plumbing.positive_int, default=1,
+                        help="torch's intra-op threads; 1 is faster at the studies' small "
+                             "batches and when other work shares the cores")
     args = parser.parse_args(argv)
     if args.seeds is None:
         args.seeds = 1 if args.quick else 3
+    if args.figures is None and (args.redraw or not args.quick):
+        args.figures = "figures"
     return args
 
 
 def run_studies(args):
     """The studies that parse_args' `args` name, in this process: a problem raises
     plumbing.SolverError, and no signal handler is touched (the tests call this)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)   # recorded in each study's provenance
+    torch.set_num_threads(args.threads)   # recorded in each study's provenance
     device = plumbing.pick_device(args.device)
     data = solver.load_mnist(args.data_dir, device)
     if args.quick:   # a slice of MNIST: seconds, not minutes

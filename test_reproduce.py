@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +46,24 @@ def in_process(monkeypatch):
     monkeypatch.setattr(reproduce, "run_one", run_in_process)
 
 
+@pytest.fixture
+def in_process_plot_recorded(monkeypatch):
+    """As in_process, but plot.py's command is only recorded (its figures are test_plot.py's and
+    the first test's): the list of plot.py commands reproduce.py gave."""
+    plotted = []
+
+    def run_one(command, stop_message):
+        if command[1] == "plot.py":   # what reproduce.py reads of its output: table.md
+            plotted.append(command)
+            figures = Path(command[command.index("--figures") + 1])
+            figures.mkdir(parents=True, exist_ok=True)
+            (figures / "table.md").write_text("")
+        else:
+            run_in_process(command, stop_message)
+    monkeypatch.setattr(reproduce, "run_one", run_one)
+    return plotted
+
+
 def reproduce_here(argv):
     """reproduce.py's work in this process: a failure raises SolverError, no signal is touched
     (the command line's handling is tested with a real subprocess below)."""
@@ -77,7 +96,7 @@ def test_epochs_1_runs_all_five_then_plots_and_a_second_call_skips_them(
 
 
 def test_an_interrupted_run_is_resumed_and_another_config_is_left_alone(
-        tiny_mnist, tmp_path, monkeypatch, capsys, train, in_process):
+        tiny_mnist, tmp_path, monkeypatch, capsys, train, in_process_plot_recorded):
     runs = [reproduce.Run(name, flags,
                           reproduce.parse_args(["--out", str(tmp_path), "--epochs", "2"]))
             for name, flags in reproduce.RUNS]
@@ -110,6 +129,8 @@ def test_an_interrupted_run_is_resumed_and_another_config_is_left_alone(
     assert (runs[1].out / "history.json").read_text() == other_before   # not overwritten
     resumed = json.loads((runs[0].out / "history.json").read_text())
     assert resumed["test"]["epoch"] == [1, 2]
+    plotted = in_process_plot_recorded[0]   # the finished runs only, the other one left out
+    assert str(runs[0].out) in plotted and str(runs[1].out) not in plotted
 
 
 def test_ctrl_c_stops_the_run_in_flight_and_says_how_to_continue(tiny_mnist, tmp_path, repo):

@@ -166,7 +166,8 @@ def run_study(page, study):
     out.mkdir(parents=True, exist_ok=True)
     plumbing.save_files({out / f"{page.NAME}.json": plumbing.json_writer(record)})
     print(page.table(record))
-    save_figures(page, record, study.args.figures)
+    if study.args.figures is not None:   # None: --quick without --figures, tables only
+        save_figures(page, record, study.args.figures)
     return record
 
 

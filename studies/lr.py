@@ -9,11 +9,11 @@ NAME = "lr"
 QUESTION = "learning-rate robustness, with and without BN"
 FIGURES = ("lr_robustness.png",)
 RATES = [float(f"{10 ** (k / 4):.3g}") for k in range(-8, 7)]   # 0.01 .. 31.6, 10^(1/4) apart
-QUICK_RATES = [0.01, 0.1, 1.0, 10.0, 31.6]
+QUICK_RATES = [0.1, 1.0, 31.6]   # quick: one rate where both train, one each arm fails
 
 
 def settings(study):
-    """(rates, epochs): quick: 3 passes over a slice, so that the failures show."""
+    """(rates, epochs); quick: 3 passes over the slice, so that the failures show."""
     return (QUICK_RATES, 3) if study.quick else (RATES, 2)
 
 

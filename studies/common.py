@@ -244,13 +244,16 @@ def mean_and_range(values):
     return sum(finite) / len(finite), min(finite), max(finite)
 
 
-def show_seeds(values):
-    """"97.12% (96.90-97.30)": the mean over seeds with their range, for tables."""
+def show_seeds(values, spec=".2%"):
+    """"97.12% (96.90-97.30)": the mean over seeds with their range, for tables, each number
+    in the format `spec` (".3g": "0.113 (0.107-0.118)"); "-" where none is finite."""
     summary = mean_and_range(values)
     if summary is None:
         return "-"
     mean, low, high = summary
-    return f"{mean:.2%}" if len(values) == 1 else f"{mean:.2%} ({low:.2%}-{high:.2%})"
+    if len(values) == 1:
+        return f"{mean:{spec}}"
+    return f"{mean:{spec}} ({low:{spec}}-{high:{spec}})"
 
 
 def draw_over_seeds(ax, x, per_seed, outcomes, color, label, fmt="o-", floor=0.0, nudge=1.0):

@@ -13,7 +13,7 @@ from torch import nn
 
 import mlp
 import plumbing
-from studies.common import (color, first_images, label, markdown_table, mean_and_range,
+from studies.common import (color, first_images, label, markdown_table,
                             mlp_with, norm_of, preserved, show_seeds)
 from studies.figure1 import figure1_network
 
@@ -240,8 +240,7 @@ def layer_means(diagnostics, key):
         values = [d["layers"][i][key] for d in done]
         if values[0] is None:
             return "-"
-        mean, low, high = mean_and_range(values) or (float("nan"),) * 3
-        cells.append(f"{mean:.3g}" + (f" ({low:.3g}-{high:.3g})" if len(values) > 1 else ""))
+        cells.append(show_seeds(values, ".3g"))
     return " / ".join(cells)
 
 

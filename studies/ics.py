@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from studies.common import ARMS, color, label, markdown_table, norm_of
-from studies.why_bn import (NETWORKS, draw_band, finite, layer_name, measured, schedule, spread,
+from studies.common import ARMS, color, label, markdown_table, norm_of, show_seeds
+from studies.why_bn import (NETWORKS, draw_band, finite, layer_name, measured, schedule,
                             start_and_later, training_data, weighted_layers)
 
 NAME = "ics"
@@ -130,9 +130,10 @@ def table(results):
                 first, later = start_and_later(arm["distance"][i])
                 relative = [[d / g for d, g in zip(ds, gs) if d is not None and g]
                             for ds, gs in zip(arm["distance"][i], arm["grad_norm"][i])]
-                rows.append((network, key, name, spread(first), spread(later),
-                             spread(start_and_later(relative)[1]),
-                             spread(start_and_later(arm["cos"][i])[1])))
+                rows.append((network, key, name, show_seeds(first, ".3g"),
+                             show_seeds(later, ".3g"),
+                             show_seeds(start_and_later(relative)[1], ".3g"),
+                             show_seeds(start_and_later(arm["cos"][i])[1], ".3g")))
     return markdown_table(["network", "arm", "layer", "||G - G'|| at step 1",
                            "||G - G'|| later (median)", "||G - G'|| / ||G|| later",
                            "cos(G, G') later"], rows)

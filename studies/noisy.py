@@ -9,7 +9,7 @@ from torch import nn
 import solver
 from batchnorm import BatchNorm
 from studies.common import markdown_table, module_input, show_seeds
-from studies.why_bn import NETWORKS, draw_band, schedule, spread, training_data
+from studies.why_bn import NETWORKS, draw_band, schedule, training_data
 
 NAME = "noisy"
 QUESTION = "noisy BN (Santurkar et al. 2018): does BN help by steadying each layer's input?"
@@ -177,7 +177,7 @@ def table(results):
     return markdown_table(["network", "arm", "final test acc (mean, range)", "outcomes",
                            "median jump (mean, range)"],
                           [(network, ARMS[arm][0], show_seeds(r["test_acc"]),
-                            " ".join(r["outcome"]), spread(r["median_jump"]))
+                            " ".join(r["outcome"]), show_seeds(r["median_jump"], ".3g"))
                            for network in NETWORKS for arm, r in results[network].items()])
 
 

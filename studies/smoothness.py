@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from studies.common import ARMS, color, label, markdown_table, norm_of, preserved, show_seeds
-from studies.why_bn import (NETWORKS, draw_band, finite, measured, schedule, spread,
+from studies.why_bn import (NETWORKS, draw_band, finite, measured, schedule,
                             start_and_later, training_data)
 
 NAME = "smoothness"
@@ -120,7 +120,7 @@ def table(results):
             cells = []
             for measure in ("loss_range", "grad_range", "beta"):
                 first, later = start_and_later(arm[measure])
-                cells.append(f"{spread(first)} / {spread(later)}")
+                cells.append(f"{show_seeds(first, '.3g')} / {show_seeds(later, '.3g')}")
             rows.append((f"{setting['network']}, {setting['learning_rate']:g}", key,
                          f"{show_seeds(arm['test_acc'])} {' '.join(arm['outcome'])}", *cells))
     return markdown_table(["network, lr", "arm", "final test acc",

@@ -40,15 +40,6 @@ def finite(value):
     return value if math.isfinite(value) else None
 
 
-def spread(values):
-    """"mean (min-max)" of per-seed numbers, for the tables; "-" where none is finite."""
-    summary = mean_and_range(values)   # the studies' one mean-over-seeds, in 3 digits here
-    if summary is None:
-        return "-"
-    mean, low, high = summary
-    return f"{mean:.3g} ({low:.3g}-{high:.3g})"
-
-
 def start_and_later(per_seed):
     """A measure over training, per seed: (its value at step 1, its median over the later
     measurements). Kept apart because at step 1 the untrained networks differ most."""

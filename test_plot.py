@@ -122,15 +122,15 @@ def test_damaged_runs_skip_only_their_own_figures_and_out_is_the_older_alias(
 
 
 def test_a_model_with_another_normalization_gets_every_norm_overlaid(two_runs, tmp_path,
-                                                                    tiny_mnist):
+                                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)   # no MNIST in ./data: the confusion figures (tested above) skip
     ln_run = tmp_path / "mlp_ln"
     ln_run.mkdir()
     history = dict(synthetic_history(False, 500), norm="ln")
     history["config"] = dict(history["config"], norm="ln")
     (ln_run / "history.json").write_text(json.dumps(history))
     out = tmp_path / "figures"
-    plot.main([*map(str, two_runs), str(ln_run), "--figures", str(out), "--data-dir",
-               str(tiny_mnist)])
+    plot.main([*map(str, two_runs), str(ln_run), "--figures", str(out)])
     names = {p.name for p in out.iterdir()}
     assert {"mlp_norms.png", "mlp_bn_vs_no_bn.png", "mlp_ln_train.png"} <= names
     assert "| MLP with LayerNorm | 500 |" in (out / "table.md").read_text()

@@ -217,38 +217,42 @@ def test_ctrl_c_between_the_two_files_still_saves_both(tiny_mnist, tmp_path, rep
 
 
 MALLINFO_PROGRAM = textwrap.dedent("""
-    import ctypes, json, sys, torch, plumbing
+    import ctypes, json, torch, plumbing
     class MallInfo2(ctypes.Structure):   # glibc's struct mallinfo2, <malloc.h>
         _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
                                                          "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
     mallinfo2 = ctypes.CDLL(None).mallinfo2
     mallinfo2.restype = MallInfo2
-    if sys.argv[1] == "keep":
-        plumbing.keep_freed_memory_for_reuse()
-    before = mallinfo2()
-    tensor = torch.empty(4 * 2**20)   # 16 MB, the size class of a conv net's activations
-    held = mallinfo2()
-    del tensor
-    freed = mallinfo2()
-    print(json.dumps({"mmapped": held.hblkhd - before.hblkhd, "mmap_returned": held.hblkhd - freed.hblkhd,
-                      "heap_free_after": freed.fordblks}))
+
+    def one_tensor():
+        before = mallinfo2()
+        tensor = torch.empty(4 * 2**20)   # 16 MB, the size class of a conv net's activations
+        held = mallinfo2()
+        del tensor
+        freed = mallinfo2()
+        return {"mmapped": held.hblkhd - before.hblkhd, "mmap_returned": held.hblkhd - freed.hblkhd,
+                "heap_free_after": freed.fordblks}
+
+    default = one_tensor()   # first with glibc's defaults: the control
+    plumbing.keep_freed_memory_for_reuse()
+    print(json.dumps({"default": default, "keep": one_tensor()}))
 """)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's (Linux only)")
-@pytest.mark.parametrize("mode", ["keep", "default"])
-def test_freed_tensor_memory_stays_in_the_heap_for_reuse(mode, repo):
+def test_freed_tensor_memory_stays_in_the_heap_for_reuse(repo):
     # In a fresh process, so malloc starts clean. glibc's default gives a large tensor its own
     # mmap and hands it back to the OS when freed, so the next step's tensor faults its pages in
     # again (docs/performance-notes.md counts the faults; their number varies from run to run,
     # so the test checks the mechanism, which does not).
-    result = subprocess.run([sys.executable, "-c", MALLINFO_PROGRAM, mode], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", MALLINFO_PROGRAM], capture_output=True, text=True,
                             cwd=repo, check=True, timeout=DEADLINE_S)
     memory = json.loads(result.stdout)
-    if mode == "keep":   # taken from the heap, and after the free its 16 MB lie there for the next tensor
-        assert memory["mmapped"] == 0 and memory["heap_free_after"] >= 16 * 2**20
-    else:   # the control: without the call the same tensor is mmapped and given back
-        assert memory["mmapped"] >= 16 * 2**20 and memory["mmap_returned"] == memory["mmapped"]
+    default, keep = memory["default"], memory["keep"]
+    # the control: without the call the tensor is mmapped and given back
+    assert default["mmapped"] >= 16 * 2**20 and default["mmap_returned"] == default["mmapped"]
+    # after it: taken from the heap, and after the free its 16 MB lie there for the next tensor
+    assert keep["mmapped"] == 0 and keep["heap_free_after"] >= 16 * 2**20
 
 
 def folder_snapshot(folder):

@@ -26,7 +26,7 @@ import plumbing
 import solver
 from studies import (batch, detach, diagnostics, figure1, ics, init_scale, lr, momentum, noisy,
                      placement, population, small_batch, smoothness)
-from studies.common import Study, run_study, save_figures
+from studies.common import Study, first_images, run_study, save_figures
 
 PAGES = (figure1, lr, batch, momentum, init_scale, population, detach, small_batch, placement,
          diagnostics, noisy, ics, smoothness)
@@ -88,7 +88,7 @@ def run_studies(args):
     device = plumbing.pick_device(args.device)
     data = solver.load_mnist(args.data_dir, device)
     if args.quick:   # a slice of MNIST: seconds, not minutes
-        data = (data[0][:1200], data[1][:1200], data[2][:1000], data[3][:1000])
+        data = first_images(data, 1200, 1000)
     study = Study(args, data)
     for name in STUDIES if args.study == "all" else [args.study]:
         run_study(STUDIES[name], study)

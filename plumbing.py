@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import platform
 import shlex
 import signal
 import struct
@@ -69,6 +70,22 @@ def one_of(*names):
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")   # the choices of every script's --device
+
+
+def cpu_name():
+    """The CPU as the OS names it, with family and model numbers where /proc/cpuinfo has them,
+    and the instruction set torch's kernels use (the last digits of a run depend on both)."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
 
 
 def pick_device(requested):

@@ -15,7 +15,8 @@ import cnn
 import mlp
 import solver
 from studies import diagnostics
-from studies.common import Study, run_study
+from studies.common import Study
+from studies.runner import run_study
 from studies.diagnostics import layer_diagnostics
 from studies.figure1 import figure1_network
 
@@ -165,7 +166,7 @@ def test_a_diverging_run_stops_at_the_step_whose_loss_is_not_finite(tiny_mnist, 
     """At rate 1 the N(0, 1) network without BN diverges: its update ratios stop at the last
     update before the first non-finite loss, as many as the steps that a per-step window
     (disp_freq 1) completes before solver.py stops the run; the tables and figures draw it."""
-    args = argparse.Namespace(quick=True, seed=0, seeds=1, out=str(tmp_path),
+    args = argparse.Namespace(quick=True, jobs=1, seed=0, seeds=1, out=str(tmp_path),
                               figures=str(tmp_path))
     study = Study(args, solver.load_mnist(tiny_mnist, torch.device("cpu")))
     settings = diagnostics.settings

@@ -15,7 +15,8 @@ import experiments
 import mlp
 import solver
 from studies.batch import batch_statistics_accuracy
-from studies.common import Study, draw_over_seeds, outcome, run_study
+from studies.common import Study, draw_over_seeds, outcome
+from studies.runner import run_study
 from studies.figure1 import figure1_network
 from studies.small_batch import population_outcome
 
@@ -227,7 +228,7 @@ def test_outcome_is_one_rule_for_every_study():
 
 
 def quick_study(data, seed=0, seeds=1):
-    args = argparse.Namespace(quick=True, seed=seed, seeds=seeds, out="unused", figures="unused")
+    args = argparse.Namespace(quick=True, jobs=1, seed=seed, seeds=seeds, out="unused", figures="unused")
     return Study(args, data)
 
 
@@ -308,7 +309,7 @@ def test_bn_after_the_relu_keeps_the_bias_before_it():
 def test_batch_survives_arms_that_diverge_at_once(tiny_mnist, tmp_path, monkeypatch):
     from studies import batch
     monkeypatch.setitem(batch.RATES, "constant", lambda size: 1e30)
-    args = argparse.Namespace(quick=True, seed=0, seeds=1, out=str(tmp_path),
+    args = argparse.Namespace(quick=True, jobs=1, seed=0, seeds=1, out=str(tmp_path),
                               figures=str(tmp_path))
     run_study(batch, Study(args, solver.load_mnist(tiny_mnist, torch.device("cpu"))))
     constant = json.loads((tmp_path / "batch.json").read_text())["arms"]["constant"]

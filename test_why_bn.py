@@ -178,7 +178,7 @@ def test_covariate_shift_uses_the_optimizers_real_update():
 @pytest.fixture(scope="module")
 def tiny_study(tiny_mnist, tmp_path_factory):
     out = tmp_path_factory.mktemp("why_bn")
-    args = argparse.Namespace(quick=True, seed=0, seeds=1, out=str(out / "json"),
+    args = argparse.Namespace(quick=True, jobs=1, seed=0, seeds=1, out=str(out / "json"),
                               figures=str(out / "figures"))
     return Study(args, solver.load_mnist(tiny_mnist, torch.device("cpu")))
 

@@ -1,7 +1,7 @@
-"""What every study shares: the form of a study page and the one runner of it (`run_study`),
-the data, the seeds, training through solver.py's loop, the one failure rule (`outcome`),
-provenance, the small tables, saving a study's JSON and figures in the repository's one figure
-style (plot.py's), drawing a mean over seeds with their range, and leaving a model as it was.
+"""What every study shares: the form of a study page (studies/runner.py runs it), the data, the
+seeds, training through solver.py's loop, the one failure rule (`outcome`), the small tables,
+drawing a mean over seeds with their range in the repository's one figure style (plot.py's),
+and leaving a model as it was.
 
 A study page (studies/<page>.py) is a module with:
 
@@ -17,18 +17,14 @@ A study page (studies/<page>.py) is a module with:
     table(results) -> str         its Markdown table(s), from that JSON
     draw(results) -> [Figure]     its figures, from that JSON, in FIGURES' order
 
-`run_study(page, study)` runs the jobs, saves <out>/<NAME>.json, prints the table and draws the
-figures; `--redraw` calls draw() alone. Nothing passes from one job to another but the data.
+studies/runner.py's `run_study(page, study)` runs the jobs (in worker processes with --jobs),
+saves <out>/<NAME>.json, prints the table and draws the figures; `--redraw` calls draw() alone.
+Nothing passes from one job to another but the data: each job seeds its own randomness.
 """
 import contextlib
 import math
-import platform
-import shlex
-import sys
 import time
-from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
 import mlp
@@ -59,28 +55,6 @@ def outcome(model, images, labels, train_loss):
     acc = (predicted == labels).float().mean().item()
     failed = acc < FAILED_BELOW or predicted.unique().numel() <= 2
     return ("failed" if failed else "ok"), acc
-
-
-def cpu_name():
-    """The CPU as the OS names it, with family and model numbers where /proc/cpuinfo has them,
-    and the instruction set torch's kernels use (the last digits of a run depend on both)."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in fields and "model" in fields:
-        name += f" (family {fields['cpu family']}, model {fields['model']})"
-    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
-
-
-def provenance(seeds):
-    """Where a study's numbers come from: its JSON's top-level `provenance`."""
-    return {"seeds": list(seeds), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": cpu_name(), "command": shlex.join(["python", *sys.argv])}
 
 
 def norm_of(bn):
@@ -136,10 +110,6 @@ class Study:
             return history, True
         return history, False
 
-    def progress(self, study, setting, result, count=""):
-        print(f"{study:10s} {setting:34s} {result:24s} {count:>7s} "
-              f"{time.perf_counter() - self.start:7.1f}s", flush=True)
-
     def train(self, model, config, seed, on_window=None, on_step=None, data=None):
         """Train the model with solver.train under the studies' one failure rule; returns
         (history, outcome label, final test accuracy or None). `seed` orders the batches."""
@@ -149,48 +119,6 @@ class Study:
         test_x, test_y = (data or self.data)[2:]
         label, acc = outcome(model, test_x, test_y, last_loss)
         return history, label, acc
-
-
-# ----------------------------------------------------------------------------- the runner
-
-def run_study(page, study):
-    """Every training of a study page, one after another, then its JSON, table and figures."""
-    jobs = page.trainings(study)
-    results = []
-    for done, job in enumerate(jobs, start=1):
-        results.append(page.train_one(study, job))
-        study.progress(page.NAME, describe_job(job), summarize(results[-1]),
-                       f"{done}/{len(jobs)}")
-    record = {"provenance": provenance(study.seeds), **page.assemble(study, jobs, results)}
-    out = Path(study.args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    plumbing.save_files({out / f"{page.NAME}.json": plumbing.json_writer(record)})
-    print(page.table(record))
-    if study.args.figures is not None:   # None: --quick without --figures, tables only
-        save_figures(page, record, study.args.figures)
-    return record
-
-
-def save_figures(page, record, figures):
-    """A study's figures from its JSON, into the folder `figures`, in plot.py's style."""
-    figures = Path(figures)
-    figures.mkdir(parents=True, exist_ok=True)
-    for fig, name in zip(page.draw(record), page.FIGURES, strict=True):
-        plot.save_figure(fig, figures / name)
-    return [figures / name for name in page.FIGURES]
-
-
-def describe_job(job):
-    """"mlp, bn, lr 0.1, seed 0": a job's settings, for the progress line."""
-    return ", ".join(f"{value}" if key in ("network", "arm") else f"{key} {value}"
-                     for key, value in job.items())
-
-
-def summarize(result):
-    """The progress line's verdict of one training: its outcome and test accuracy, if any."""
-    acc = result.get("test_acc")
-    return " ".join(filter(None, [result.get("outcome"),
-                                  f"{acc:.2%}" if isinstance(acc, float) else None]))
 
 
 # ----------------------------------------------------------------------------- models

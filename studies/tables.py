@@ -1,0 +1,55 @@
+"""The tables of README.md and docs/studies.md, written by code from the record (results/).
+
+A generated block in a Markdown document is marked by two HTML comments, invisible on GitHub:
+
+    <!-- table: lr -->
+    ...what `experiments.py --tables` writes: lr's table(), from results/lr.json...
+    <!-- end of table: lr -->
+
+`python experiments.py --tables` rewrites every marked block in place; test_tables.py fails when
+a committed document differs from what results/ generate, so no number in a table is typed by
+hand. The name `report_runs` is README's reproduction table, from results/report_runs.json.
+"""
+import json
+import re
+from pathlib import Path
+
+import plumbing
+
+DOCUMENTS = ("README.md", "docs/studies.md")
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end of table: "
+                   r"(?P=name) -->)", re.S)
+
+
+def generate(name, results_dir, pages):
+    """The Markdown of the block `name`: a study page's table() of results/<name>.json, or the
+    report runs' table."""
+    path = Path(results_dir) / f"{name}.json"
+    if name != "report_runs" and name not in pages:
+        raise plumbing.SolverError(f"a block names the table {name!r}, which is no study's")
+    if not path.exists():
+        raise plumbing.SolverError(f"{path} not found: the table {name!r} is generated from it")
+    results = json.loads(path.read_text())
+    if name == "report_runs":
+        import reproduce   # here: reproduce imports the model scripts, which studies need not
+        return reproduce.report_table(results)
+    return pages[name].table(results)
+
+
+def rewritten(text, results_dir, pages):
+    """The document `text` with each marked block's body generated anew."""
+    return BLOCK.sub(lambda m: m.group(1) + generate(m["name"], results_dir, pages).rstrip("\n")
+                     + "\n" + m.group(4), text)
+
+
+def rewrite(results_dir, pages, root="."):
+    """Rewrite the marked blocks of DOCUMENTS in place; print what changed."""
+    for document in DOCUMENTS:
+        path = Path(root) / document
+        text = path.read_text()
+        new = rewritten(text, results_dir, pages)
+        names = [m["name"] for m in BLOCK.finditer(text)]
+        if new != text:
+            path.write_text(new)
+        print(f"{document}: {len(names)} tables ({', '.join(names) or 'none'})"
+              f"{', rewritten' if new != text else ', unchanged'}")

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import plumbing
+from registry import format_time
 
 DOCUMENTS = ("README.md", "docs/studies.md")
 BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end of table: "
@@ -33,7 +34,17 @@ def generate(name, results_dir, pages):
     if name == "report_runs":
         import reproduce   # here: reproduce imports the model scripts, which studies need not
         return reproduce.report_table(results)
-    return pages[name].table(results)
+    return pages[name].table(results) + "\n" + made_by(results["provenance"]) + "\n"
+
+
+def made_by(provenance):
+    """The line under a study's table: its seeds, machine, wall time and command."""
+    seeds = provenance["seeds"]
+    seeds = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+    jobs = provenance.get("jobs", 1)
+    return (f"*{seeds}; {provenance['cpu']}, {provenance['threads']} thread"
+            f"{'s' if provenance['threads'] > 1 else ''} per training, {jobs} at once; "
+            f"{format_time(provenance.get('wall_s', 0))}; `{provenance['command']}`*")
 
 
 def rewritten(text, results_dir, pages):

@@ -33,7 +33,7 @@ import plumbing
 import solver
 from studies import (batch, detach, diagnostics, figure1, ics, init_scale, lr, momentum, noisy,
                      placement, population, small_batch, smoothness)
-from studies import tables
+from studies import replication, tables
 from studies.common import Study, first_images
 from studies.runner import run_study, save_figures
 
@@ -62,6 +62,15 @@ def redraw(args):
                      f"{args.out}` first")
         for figure in save_figures(STUDIES[name], json.loads(path.read_text()), args.figures):
             print(f"redrew {figure} from {path}")
+
+
+def compare_with(theirs, out):
+    """<out>/replication.json: our studies' numbers beside another machine's (replication.py)."""
+    if not Path(theirs).is_dir():
+        sys.exit(f"error: {theirs} is not a folder of study JSON files")
+    record = replication.compare_machines(out, theirs, STUDIES)
+    plumbing.save_files({Path(out) / "replication.json": plumbing.json_writer(record)})
+    print(replication.table(record))
 
 
 def cores():
@@ -97,6 +106,9 @@ def parse_args(argv=None):
     parser.add_argument("--tables", action="store_true",
                         help="rewrite the generated tables of README.md and docs/studies.md "
                              "from <out>/")
+    parser.add_argument("--replication", metavar="DIR", default=None,
+                        help="compare <out>/ with another machine's JSON of the same studies in "
+                             "DIR (../shared/replication) into <out>/replication.json")
     parser.add_argument("--threads", type=plumbing.positive_int, default=1,
                         help="torch's intra-op threads per training; 1 is fastest at the "
                              "studies' small batches")
@@ -104,14 +116,15 @@ def parse_args(argv=None):
                         help="trainings run at once, each in a worker process at --threads "
                              f"(default: the cores, {cores()} here; 1 with --quick)")
     args = parser.parse_args(argv)
-    if args.study is None and not args.tables:
-        parser.error("name a study (or all), or give --tables")
+    if args.study is None and not (args.tables or args.replication):
+        parser.error("name a study (or all), or give --tables or --replication")
     if args.seeds is None:
         args.seeds = 1 if args.quick else 5
     if args.jobs is None:
         args.jobs = 1 if args.quick else cores()
     if args.out is None:
-        args.out = RECORD if (args.redraw or args.tables) else "runs/experiments"
+        args.out = (RECORD if (args.redraw or args.tables or args.replication)
+                    else "runs/experiments")
     if args.figures is None and args.redraw:
         args.figures = "figures"
     elif args.figures is None and not args.quick:
@@ -143,10 +156,12 @@ def run_studies(args):
 def main(argv=None):
     """`python experiments.py ...`: every failure a user can cause as one line (plumbing.py)."""
     args = parse_args(argv)
+    if args.replication:
+        compare_with(args.replication, args.out)
     if args.tables:
         tables.rewrite(args.out, STUDIES)
-        if args.study is None:
-            return
+    if args.study is None:
+        return
     if args.redraw:
         redraw(args)
         return

@@ -8,13 +8,16 @@ A generated block in a Markdown document is marked by two HTML comments, invisib
 
 `python experiments.py --tables` rewrites every marked block in place; test_tables.py fails when
 a committed document differs from what results/ generate, so no number in a table is typed by
-hand. The name `report_runs` is README's reproduction table, from results/report_runs.json.
+hand. Two names are not studies: `report_runs`, README's reproduction table (from
+results/report_runs.json), and `replication`, the comparison with another CPU type (from
+results/replication.json, see studies/replication.py).
 """
 import json
 import re
 from pathlib import Path
 
 import plumbing
+from studies import replication
 from registry import format_time
 
 DOCUMENTS = ("README.md", "docs/studies.md")
@@ -26,7 +29,7 @@ def generate(name, results_dir, pages):
     """The Markdown of the block `name`: a study page's table() of results/<name>.json, or the
     report runs' table."""
     path = Path(results_dir) / f"{name}.json"
-    if name != "report_runs" and name not in pages:
+    if name not in ("report_runs", "replication") and name not in pages:
         raise plumbing.SolverError(f"a block names the table {name!r}, which is no study's")
     if not path.exists():
         raise plumbing.SolverError(f"{path} not found: the table {name!r} is generated from it")
@@ -34,6 +37,8 @@ def generate(name, results_dir, pages):
     if name == "report_runs":
         import reproduce   # here: reproduce imports the model scripts, which studies need not
         return reproduce.report_table(results)
+    if name == "replication":
+        return replication.table(results)
     return pages[name].table(results) + "\n" + made_by(results["provenance"]) + "\n"
 
 

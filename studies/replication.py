@@ -1,0 +1,132 @@
+"""How much another CPU type moves the studies' results: our results/ beside another machine's
+JSON of the same studies (../shared/replication/: an Intel Xeon of another model, seeds 0-2).
+
+    python experiments.py --replication ../shared/replication   # writes results/replication.json
+
+Every per-seed test accuracy and outcome that both machines recorded for the same setting and
+seed is paired (a setting is the JSON path to it; lists of runs are matched by their settings,
+e.g. batch, seed and momentum). A setting is *stable* where every seed is ok on both machines;
+there the difference per seed is in points. Elsewhere the outcomes are compared: a setting whose
+outcomes differ between the machines sits at the edge of stability, and a claim resting on it
+is fragile.
+"""
+import json
+from pathlib import Path
+
+from studies.common import markdown_table
+from studies.runner import SIGNIFICANT
+
+ACCURACIES = ("test_acc", "final_test_acc")   # the per-seed numbers compared
+MEASURES = (*ACCURACIES, "outcome")
+
+
+def settings(ours, theirs, path="", one_run=False):
+    """Yield (path, our value, their value) for every accuracy or outcome list over seeds that
+    both JSON trees hold at the same place, or scalar of one run (`one_run`: a run of a list of
+    runs, whose lists are over steps, not seeds)."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        for key in sorted(ours.keys() & theirs.keys()):
+            if key == "provenance":
+                continue
+            if key in MEASURES and isinstance(ours[key], list) != one_run:
+                yield f"{path}/{key}", ours[key], theirs[key]
+            elif key not in MEASURES:
+                yield from settings(ours[key], theirs[key], f"{path}/{key}")
+    elif isinstance(ours, list) and isinstance(theirs, list):
+        if all(isinstance(item, dict) for item in ours + theirs):
+            theirs_by = {identity(item): item for item in theirs}
+            for item in ours:
+                if identity(item) in theirs_by:
+                    name = ", ".join(f"{k} {v}" for k, v in identity(item))
+                    yield from settings(item, theirs_by[identity(item)], f"{path}[{name}]",
+                                        one_run="seed" in item)
+        elif all(isinstance(item, (dict, list)) for item in ours + theirs):
+            for index, (mine, other) in enumerate(zip(ours, theirs)):
+                yield from settings(mine, other, f"{path}[{index}]")
+
+
+def identity(item):
+    """A run's settings in a list of runs: its scalar fields that are not measurements."""
+    return tuple(sorted((k, v) for k, v in item.items()
+                        if k not in MEASURES and isinstance(v, (str, int, float, bool))))
+
+
+def per_seed(value, seeds):
+    """A measure as a list over `seeds` (a scalar belongs to the one seed of its run)."""
+    return value[:len(seeds)] if isinstance(value, list) else [value]
+
+
+def pair_study(ours, theirs):
+    """Every setting both machines measured: per seed, both accuracies and both outcomes."""
+    common = [s for s in theirs["provenance"]["seeds"] if s in ours["provenance"]["seeds"]]
+    found = {}
+    for path, mine, other in settings(ours, theirs):
+        setting, _, measure = path.rpartition("/")
+        kind = "outcome" if measure == "outcome" else "acc"
+        entry = found.setdefault(setting, {})
+        entry[f"{kind}_ours"] = per_seed(mine, common)
+        entry[f"{kind}_theirs"] = per_seed(other, common)
+    pairs = []
+    for setting, entry in sorted(found.items()):
+        if "acc_ours" not in entry:
+            continue
+        n = min(len(entry["acc_ours"]), len(entry["acc_theirs"]))
+        outcomes = (entry.get("outcome_ours", ["ok"] * n)[:n],
+                    entry.get("outcome_theirs", ["ok"] * n)[:n])
+        pairs.append({"setting": setting, "ours": entry["acc_ours"][:n],
+                      "theirs": entry["acc_theirs"][:n], "outcome_ours": outcomes[0],
+                      "outcome_theirs": outcomes[1]})
+    return pairs
+
+
+def stable(pair):
+    return all(o == "ok" for o in pair["outcome_ours"] + pair["outcome_theirs"])
+
+
+def summary(pairs):
+    """Points per seed in the stable settings; the settings whose outcomes differ."""
+    gaps = sorted(abs(a - b) * 100 for p in pairs if stable(p)
+                  for a, b in zip(p["ours"], p["theirs"]) if None not in (a, b))
+    same = sum(a == b or None not in (a, b) and float(f"{b:.{SIGNIFICANT}g}") == a
+               for p in pairs for a, b in zip(p["ours"], p["theirs"]))
+    edge = [p["setting"] for p in pairs if p["outcome_ours"] != p["outcome_theirs"]]
+    return {"stable_settings": sum(map(stable, pairs)), "seed_pairs": len(gaps),
+            "identical_seeds": same, "all_seeds": sum(len(p["ours"]) for p in pairs),
+            "median_points": round(gaps[len(gaps) // 2], 2) if gaps else None,
+            "max_points": round(gaps[-1], 2) if gaps else None,
+            "outcomes_differ": edge}
+
+
+def compare_machines(results_dir, theirs_dir, pages):
+    """The JSON of results/replication.json."""
+    record = {"theirs": str(theirs_dir), "studies": {}}
+    for path in sorted(Path(theirs_dir).glob("*.json")):
+        name = path.stem
+        ours_path = Path(results_dir) / path.name
+        if name not in pages or not ours_path.exists():
+            continue
+        ours, theirs = json.loads(ours_path.read_text()), json.loads(path.read_text())
+        pairs = pair_study(ours, theirs)
+        record["studies"][name] = {
+            "provenance_ours": ours["provenance"], "provenance_theirs": theirs["provenance"],
+            "summary": summary(pairs), "settings": pairs}
+    everything = [p for study in record["studies"].values() for p in study["settings"]]
+    record["summary"] = summary(everything)
+    return record
+
+
+def table(record):
+    """Per study: the settings compared, how far the accuracies of a seed lie apart where both
+    machines trained every seed to the end, and the settings whose outcomes differ."""
+    def row(name, s, provenance=None):
+        edge = ", ".join(s["outcomes_differ"]) or "none"
+        return (name, f"{s['identical_seeds']} of {s['all_seeds']}", s["stable_settings"],
+                s["seed_pairs"],
+                "-" if s["median_points"] is None else f"{s['median_points']:.2f}",
+                "-" if s["max_points"] is None else f"{s['max_points']:.2f}", edge)
+    rows = [row(name, study["summary"]) for name, study in record["studies"].items()]
+    rows.append(("all", *row("", record["summary"])[1:]))
+    return markdown_table(["study", "identical accuracies (seeds)", "stable settings",
+                           "seed pairs",
+                           "median points apart", "most points apart", "outcomes differ in"],
+                          rows)

@@ -35,7 +35,7 @@ from studies import (batch, detach, diagnostics, figure1, ics, init_scale, lr, m
                      placement, population, small_batch, smoothness)
 from studies import replication, tables
 from studies.common import Study, first_images
-from studies.runner import run_study, save_figures
+from studies.runner import record_writer, run_study, save_figures
 
 PAGES = (figure1, lr, batch, momentum, init_scale, population, detach, small_batch, placement,
          diagnostics, noisy, ics, smoothness)
@@ -69,7 +69,7 @@ def compare_with(theirs, out):
     if not Path(theirs).is_dir():
         sys.exit(f"error: {theirs} is not a folder of study JSON files")
     record = replication.compare_machines(out, theirs, STUDIES)
-    plumbing.save_files({Path(out) / "replication.json": plumbing.json_writer(record)})
+    plumbing.save_files({Path(out) / "replication.json": record_writer(record)})
     print(replication.table(record))
 
 

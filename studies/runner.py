@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import re
 import shlex
 import shutil
 import signal
@@ -63,7 +64,7 @@ def run_study(page, study):
     record = rounded({"provenance": provenance(study, wall),
                       **page.assemble(study, jobs, [results[i] for i in range(len(jobs))])})
     out.mkdir(parents=True, exist_ok=True)
-    plumbing.save_files({out / f"{page.NAME}.json": plumbing.json_writer(record)})
+    plumbing.save_files({out / f"{page.NAME}.json": record_writer(record)})
     partial.remove()
     print(page.table(record))
     if study.args.figures is not None:   # None: tables only (--quick without --figures)
@@ -98,6 +99,15 @@ def rounded(value):
     if isinstance(value, (list, tuple)):
         return [rounded(item) for item in value]
     return value
+
+
+def record_writer(record):
+    """Write a study's JSON one key per line and each list of numbers on one line: small and
+    still readable (and diffable) in the repository."""
+    text = json.dumps(record, indent=1)
+    text = re.sub(r"\[([^\[\]{}]*)\]", lambda m: "[" + re.sub(r"\n\s*", " ", m[1]).strip() + "]",
+                  text)
+    return lambda path: path.write_text(text + "\n")
 
 
 def describe_job(job):

@@ -114,14 +114,17 @@ def parse_args(argv=None):
                              "studies' small batches")
     parser.add_argument("--jobs", type=plumbing.positive_int, default=None,
                         help="trainings run at once, each in a worker process at --threads "
-                             f"(default: the cores, {cores()} here; 1 with --quick)")
+                             f"(default: the cores on a CPU, {cores()} here; 1 on a GPU and "
+                             "with --quick)")
     args = parser.parse_args(argv)
     if args.study is None and not (args.tables or args.replication):
         parser.error("name a study (or all), or give --tables or --replication")
     if args.seeds is None:
         args.seeds = 1 if args.quick else 5
-    if args.jobs is None:
-        args.jobs = 1 if args.quick else cores()
+    if args.jobs is None:   # one GPU is not shared between workers
+        on_cpu = args.device == "cpu" or (args.device == "auto"
+                                           and plumbing.pick_device("auto").type == "cpu")
+        args.jobs = cores() if on_cpu and not args.quick else 1
     if args.out is None:
         args.out = (RECORD if (args.redraw or args.tables or args.replication)
                     else "runs/experiments")

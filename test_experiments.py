@@ -15,7 +15,7 @@ import experiments
 import mlp
 import solver
 from studies.batch import batch_statistics_accuracy
-from studies.common import Study, draw_over_seeds, outcome
+from studies.common import Study, draw_over_seeds, outcome, seeds_cell, sweep_table
 from studies.runner import run_study
 from studies.figure1 import figure1_network
 from studies.small_batch import population_outcome
@@ -243,6 +243,41 @@ def test_a_diverging_arm_is_labelled_and_crashes_nothing(tiny_mnist):
     assert [tuple(p) for p in ax.collections[-1].get_offsets()] == [(2.0, 0.0)]
     assert list(ax.lines[0].get_ydata()) == [pytest.approx(0.85), 0.7]
     plt.close(fig)
+
+
+def test_a_failed_seed_is_left_out_of_the_mean_and_counted_beside_it():
+    outcomes = ["ok", "ok", "failed", "diverged", "ok"]
+    assert (seeds_cell([0.9, 0.8, 0.1, None, 0.7], outcomes)
+            == "80.00% (70.00%-90.00%), 3 of 5 ok, 1 diverged, 1 failed")
+    assert seeds_cell([0.9, 0.8], ["ok", "ok"]) == "85.00% (80.00%-90.00%)"
+    assert seeds_cell([0.1, None], ["failed", "diverged"]) == "1 diverged, 1 failed"
+    # in a figure: the mean line over the ok seeds; with floor=None the others as markers at
+    # their own values (a measure of the run), never averaged in
+    fig, ax = plt.subplots()
+    draw_over_seeds(ax, [2, 4], [[1.0, 5.0, 3.0], [2.0, 6.0, None]],
+                    [["ok", "failed", "ok"], ["ok", "failed", "diverged"]], "tab:blue", "arm",
+                    floor=None)
+    assert list(ax.lines[0].get_ydata()) == [2.0, 2.0]
+    failed, = [c for c in ax.collections if c.get_label() == "failed (arm)"]
+    assert [tuple(p) for p in failed.get_offsets()] == [(2.0, 5.0), (4.0, 6.0)]
+    assert not any(c.get_label() == "diverged (arm)" for c in ax.collections)   # no value
+    plt.close(fig)
+
+
+def test_a_sweep_table_compares_with_and_without_bn_by_the_rule():
+    ok = ["ok"] * 5
+    point = lambda accs, outcomes=ok: {"lr": 0.1, "test_acc": accs, "outcome": outcomes}
+    results = {"no_bn": [point([0.90, 0.91, 0.92, 0.93, 0.94]),
+                         point([0.5, None, None, 0.4, 0.3],
+                               ["ok", "diverged", "diverged", "failed", "ok"])],
+               "bn": [point([0.95, 0.96, 0.97, 0.98, 0.99]),
+                      point([0.95, 0.90, 0.97, 0.98, 0.99])]}
+    lines = sweep_table(results, "lr").splitlines()
+    assert lines[0] == "| lr | without BN | with BN | with BN - without BN |"
+    assert lines[2] == ("| 0.1 | 92.00% (90.00%-94.00%) | 97.00% (95.00%-99.00%) | "
+                        "effect: ranges apart, +5.00 points |")
+    assert lines[3] == ("| 0.1 | 40.00% (30.00%-50.00%), 2 of 5 ok, 2 diverged, 1 failed | "
+                        "95.80% (90.00%-99.00%) | not compared: 2 of 5 ok |")
 
 
 def test_provenance_names_seeds_versions_threads_cpu_and_command(quick_run):

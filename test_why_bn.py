@@ -234,7 +234,7 @@ def quick(quick_run):
 
 def check_provenance(results):
     provenance = results["provenance"]
-    assert set(provenance) == {"seeds", "torch", "threads", "cpu", "command"}
+    assert set(provenance) >= {"seeds", "torch", "threads", "cpu", "command"}
     assert provenance["seeds"] == [0] and provenance["threads"] >= 1
     return len(provenance["seeds"])
 
@@ -309,3 +309,59 @@ def test_smoothness_quick(quick):
                     assert len(values) == n
                     if arm["outcome"][seed] != "diverged":
                         assert all(v is not None and v >= 0 for v in values)
+
+# ----------------------------------------------------------------------------- failed runs
+
+
+def fake_arm(curves, outcomes, steps=(1, 3, 6)):
+    """An arm of noisy.json by hand: per seed a test-accuracy curve and the percentiles."""
+    n = len(curves)
+    return {"outcome": outcomes, "test_acc": [c[-1] for c in curves], "step": [list(steps)] * n,
+            "test_acc_curve": curves, "p15": [[-1.0] * len(steps)] * n,
+            "p50": [[0.0] * len(steps)] * n, "p85": [[1.0] * len(steps)] * n,
+            "median_jump": [0.1 * (i + 1) for i in range(n)]}
+
+
+def test_draw_band_never_averages_a_failed_run():
+    import matplotlib.pyplot as plt
+    from studies.why_bn import draw_band
+    fig, ax = plt.subplots()
+    steps = [[1, 2, 3]] * 3
+    ok = draw_band(ax, steps, [[0.5, 0.7, 0.9], [0.1, 0.1, 0.1], [0.3, 0.5, None]], "tab:blue",
+                   "arm", outcomes=["ok", "failed", "ok"])
+    assert ok == 2
+    mean = next(line for line in ax.lines if line.get_label() == "arm: mean of 2 of 3 ok")
+    assert list(mean.get_ydata()) == pytest.approx([0.4, 0.6, 0.9])   # the ok seeds alone
+    own = [line for line in ax.lines if list(line.get_ydata()) == [0.1, 0.1, 0.1]]
+    assert len(own) == 1 and own[0].get_linestyle() == ":"             # the failed run alone
+    marker = next(line for line in ax.lines if line.get_label() == "arm: a failed run")
+    assert (marker.get_marker(), list(marker.get_xdata()), list(marker.get_ydata())) == (
+        "v", [3], [0.1])
+    plt.close(fig)
+
+
+def test_noisy_draws_and_tables_failed_runs_apart_from_the_mean():
+    import matplotlib.pyplot as plt
+    results = {"provenance": {"seeds": [0, 1, 2]}}
+    for network in ("mlp", "cnn"):
+        results[network] = {arm: fake_arm([[0.5, 0.8, 0.9], [0.4, 0.7, 0.8], [0.3, 0.6, 0.7]],
+                                          ["ok"] * 3) for arm in noisy.ARMS}
+    # the CNN's noise alone: the second seed learnt nothing
+    results["cnn"]["noise"] = fake_arm([[0.5, 0.8, 0.9], [0.1, 0.1, 0.11], [0.3, 0.6, 0.7]],
+                                       ["ok", "failed", "ok"])
+    fig = noisy.draw(results)[0]
+    cnn_acc = fig.axes[3]
+    mean = next(line for line in cnn_acc.lines
+                if line.get_label() == "noise alone, in BN's place: mean of 2 of 3 ok")
+    assert list(mean.get_ydata()) == pytest.approx([0.4, 0.7, 0.8])
+    plt.close(fig)
+    text = noisy.table(results)
+    assert "| cnn | noise alone, in BN's place (2 of 3 ok, 1 failed) | 80.00% (70.00%-90.00%) |" \
+        in text
+    assert "| cnn | noise alone - no normalization | not compared: 2 of 3 ok |" in text
+
+
+def test_ics_and_smoothness_tables_compare_with_and_without_bn(quick):
+    for page in (ics, smoothness):
+        text = page.table(quick[0][page.NAME])
+        assert "with BN - without BN" in text and "not compared: 1 of 1 ok" in text

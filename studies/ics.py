@@ -8,9 +8,10 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from studies.common import ARMS, color, label, markdown_table, norm_of, show_seeds
-from studies.why_bn import (NETWORKS, draw_band, finite, layer_name, measured, schedule,
-                            start_and_later, training_data, weighted_layers)
+from studies.common import ARMS, color, label, markdown_table, norm_of
+from studies.why_bn import (NETWORKS, against, draw_band, finite, layer_name, measured,
+                            ok_only, schedule, start_and_later, tallied, training_data,
+                            weighted_layers)
 
 NAME = "ics"
 QUESTION = "internal covariate shift as Santurkar et al. (2018) define it, with and without BN"
@@ -119,24 +120,41 @@ def assemble(study, jobs, results):
     return assembled
 
 
+def relative_change(arm, i):
+    """Per seed, the median over the later measurements of ||G - G'|| / ||G|| of layer i."""
+    relative = [[d / g for d, g in zip(ds, gs) if d is not None and g]
+                for ds, gs in zip(arm["distance"][i], arm["grad_norm"][i])]
+    return start_and_later(relative)[1]
+
+
 def table(results):
-    """Per network, arm and layer after the first: ||G - G'|| at step 1 and later, relative
-    to ||G||, and cos(G, G'), each as mean (range) over seeds."""
-    rows = []
+    """Two tables. Per network, layer after the first, and arm: ||G - G'|| at step 1 and later
+    (median), mean (range) over the ok seeds. Then per network the effect rule on with BN
+    against without: the final test accuracy, and per layer ||G - G'|| / ||G|| and
+    cos(G, G') later (medians), with each arm's ok seeds (the others counted)."""
+    measures, compared = [], []
     for network in NETWORKS:
-        for key in ARMS:
-            arm = results[network][key]
-            for i, name in enumerate(results[network]["layers"][1:], start=1):
+        no_bn, bn = results[network]["no_bn"], results[network]["bn"]
+        outcomes = (no_bn["outcome"], bn["outcome"])
+        compared.append((network, "final test acc",
+                         *against(no_bn["test_acc"], bn["test_acc"], *outcomes, spec=".2%")))
+        for i, name in enumerate(results[network]["layers"][1:], start=1):
+            for key in ARMS:
+                arm = results[network][key]
                 first, later = start_and_later(arm["distance"][i])
-                relative = [[d / g for d, g in zip(ds, gs) if d is not None and g]
-                            for ds, gs in zip(arm["distance"][i], arm["grad_norm"][i])]
-                rows.append((network, key, name, show_seeds(first, ".3g"),
-                             show_seeds(later, ".3g"),
-                             show_seeds(start_and_later(relative)[1], ".3g"),
-                             show_seeds(start_and_later(arm["cos"][i])[1], ".3g")))
-    return markdown_table(["network", "arm", "layer", "||G - G'|| at step 1",
-                           "||G - G'|| later (median)", "||G - G'|| / ||G|| later",
-                           "cos(G, G') later"], rows)
+                measures.append((network, name, tallied(label(key == "bn"), arm["outcome"]),
+                                 ok_only(first, arm["outcome"]), ok_only(later, arm["outcome"])))
+            compared.append((network, f"{name}: ||G - G'|| / ||G|| later",
+                             *against(relative_change(no_bn, i), relative_change(bn, i),
+                                      *outcomes)))
+            compared.append((network, f"{name}: cos(G, G') later",
+                             *against(start_and_later(no_bn["cos"][i])[1],
+                                      start_and_later(bn["cos"][i])[1], *outcomes)))
+    return "\n".join([
+        markdown_table(["network", "layer", "arm", "||G - G'|| at step 1",
+                        "||G - G'|| later (median)"], measures),
+        markdown_table(["network", "measure", "without BN", "with BN", "with BN - without BN"],
+                       compared)])
 
 
 def draw(results):
@@ -148,12 +166,12 @@ def draw(results):
         names = results[network]["layers"]
         for bn in (False, True):
             arm = results[network]["bn" if bn else "no_bn"]
-            for i in range(1, len(names)):
+            for i in range(1, len(names)):   # failed and diverged runs: lines of their own
                 name = f"{label(bn)}, layer {i + 1} ({names[i]})"
                 draw_band(row[0], arm["step"], arm["distance"][i], color(bn), name,
-                          styles[(i - 1) % len(styles)])
+                          styles[(i - 1) % len(styles)], outcomes=arm["outcome"])
                 draw_band(row[1], arm["step"], arm["cos"][i], color(bn), name,
-                          styles[(i - 1) % len(styles)])
+                          styles[(i - 1) % len(styles)], outcomes=arm["outcome"])
         row[0].set(xlabel="training step", ylabel="||G - G'||  (log scale)", yscale="log",
                    title=f"{network.upper()}: gradient change from the earlier layers' update")
         row[1].set(xlabel="training step", ylabel="cos(G, G')",
@@ -162,5 +180,5 @@ def draw(results):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
     fig.suptitle("Internal covariate shift as Santurkar et al. (2018) measure it (Definition "
-                 "2.1): mean and range over seeds")
+                 "2.1): mean and range over the ok seeds")
     return [fig]

@@ -8,8 +8,8 @@ from torch import nn
 
 import solver
 from batchnorm import BatchNorm
-from studies.common import markdown_table, module_input, show_seeds
-from studies.why_bn import NETWORKS, draw_band, schedule, training_data
+from studies.common import compare, markdown_table, module_input
+from studies.why_bn import NETWORKS, draw_band, ok_only, schedule, tallied, training_data
 
 NAME = "noisy"
 QUESTION = "noisy BN (Santurkar et al. 2018): does BN help by steadying each layer's input?"
@@ -173,12 +173,30 @@ def assemble(study, jobs, results):
     return assembled
 
 
+COMPARED = (("bn", "none"), ("bn_noise", "bn"), ("noise", "none"))   # (b, a): b - a
+SHORT = {"none": "no normalization", "bn": "BN", "bn_noise": "noisy BN", "noise": "noise alone"}
+
+
 def table(results):
-    return markdown_table(["network", "arm", "final test acc (mean, range)", "outcomes",
-                           "median jump (mean, range)"],
-                          [(network, ARMS[arm][0], show_seeds(r["test_acc"]),
-                            " ".join(r["outcome"]), show_seeds(r["median_jump"], ".3g"))
-                           for network in NETWORKS for arm, r in results[network].items()])
+    """Each arm's final test accuracy and median jump over its ok seeds (the others counted);
+    then the effect rule on BN against no normalization, noisy BN against BN, and noise alone
+    against no normalization."""
+    arms = markdown_table(
+        ["network", "arm", "final test acc", "median jump"],
+        [(network, tallied(ARMS[arm][0], r["outcome"]),
+          ok_only(r["test_acc"], r["outcome"], ".2%"), ok_only(r["median_jump"], r["outcome"]))
+         for network in NETWORKS for arm, r in results[network].items()])
+    rows = []
+    for network in NETWORKS:
+        for b, a in COMPARED:
+            rb, ra = results[network][b], results[network][a]
+            rows.append((network, f"{SHORT[b]} - {SHORT[a]}",
+                         compare(ra["test_acc"], rb["test_acc"], ra["outcome"],
+                                 rb["outcome"])[1],
+                         compare(ra["median_jump"], rb["median_jump"], ra["outcome"],
+                                 rb["outcome"], scale=1, decimals=3, unit="")[1]))
+    return "\n".join([arms, markdown_table(["network", "comparison", "final test acc",
+                                            "median jump"], rows)])
 
 
 def draw(results):
@@ -189,17 +207,14 @@ def draw(results):
     for row, network in zip(axes, NETWORKS):
         lowest = 1.0
         for arm, (name, color) in ARMS.items():
-            r = results[network][arm]
-            failed = sum(o != "ok" for o in r["outcome"])
-            if failed:   # the mean curve then mixes runs that learnt with runs that did not
-                kinds = "/".join(sorted(set(r["outcome"]) - {"ok"}))
-                name += f" ({failed} of {len(r['outcome'])} {kinds})"
-            draw_band(row[0], r["step"], r["test_acc_curve"], color, name)
+            r = results[network][arm]   # failed and diverged runs: lines of their own
+            draw_band(row[0], r["step"], r["test_acc_curve"], color, name,
+                      outcomes=r["outcome"])
             lowest = min([lowest] + [a for curve in r["test_acc_curve"] for a in curve])
         row[0].set(xlabel="training step", ylabel="test accuracy (eval mode, noise off)",
-                   title=f"{network.upper()}: test accuracy (mean and range over seeds)",
+                   title=f"{network.upper()}: test accuracy (mean and range over ok seeds)",
                    ylim=(max(0.0, int((lowest - 0.02) * 20) / 20), 1.0))
-        row[0].legend(fontsize=8, loc="lower right", framealpha=0.7)
+        row[0].legend(fontsize=7, loc="best", framealpha=0.7)
         for ax, arm, short in ((row[1], "bn", "BN"), (row[2], "bn_noise", "noisy BN")):
             r, color = results[network][arm], ARMS[arm][1]
             shown = {}
@@ -213,7 +228,8 @@ def draw(results):
                 shown[p] = values
                 ax.plot(r["step"][0], values, style, color=color, lw=width, label=name)
             ax.set(xlabel="training step", ylabel="input of the first ReLU, unit 0",
-                   title=f"{network.upper()}, {short}: on the training batch (seed {seed})")
+                   title=f"{network.upper()}, {short}: on the training batch (seed {seed}, "
+                         f"{r['outcome'][0]})")
         # one scale for both percentile panels, so their spreads compare at a glance
         shown = [v for a in ("bn", "bn_noise") for p in ("p15", "p85")
                  for v in results[network][a][p][0]] or [0.0]

@@ -10,9 +10,9 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from studies.common import ARMS, color, label, markdown_table, norm_of, preserved, show_seeds
-from studies.why_bn import (NETWORKS, draw_band, finite, measured, schedule,
-                            start_and_later, training_data)
+from studies.common import ARMS, color, label, markdown_table, norm_of, preserved
+from studies.why_bn import (NETWORKS, against, draw_band, finite, measured, ok_only,
+                            schedule, start_and_later, tallied, training_data)
 
 NAME = "smoothness"
 QUESTION = "the loss along the gradient (Santurkar et al. 2018), with and without BN"
@@ -110,22 +110,37 @@ def assemble(study, jobs, results):
             "settings": list(settings.values())}
 
 
+MEASURES = (("loss_range", "loss range"), ("grad_range", "gradient range"), ("beta", "beta"))
+
+
 def table(results):
-    """Per setting and arm: the final test accuracy and outcomes, and each measure at step 1 and
-    later (median), as mean (range) over seeds."""
-    rows = []
+    """Two tables. Per setting and arm, each measure at step 1 and later (median), mean (range)
+    over the ok seeds. Then per setting the effect rule on with BN against without: the final
+    test accuracy and each measure later, with each arm's ok seeds (the others counted)."""
+    measures, compared = [], []
     for setting in results["settings"]:
+        name = f"{setting['network']}, {setting['learning_rate']:g}"
+        no_bn, bn = setting["no_bn"], setting["bn"]
+        outcomes = (no_bn["outcome"], bn["outcome"])
         for key in ARMS:
             arm = setting[key]
             cells = []
-            for measure in ("loss_range", "grad_range", "beta"):
+            for measure, _ in MEASURES:
                 first, later = start_and_later(arm[measure])
-                cells.append(f"{show_seeds(first, '.3g')} / {show_seeds(later, '.3g')}")
-            rows.append((f"{setting['network']}, {setting['learning_rate']:g}", key,
-                         f"{show_seeds(arm['test_acc'])} {' '.join(arm['outcome'])}", *cells))
-    return markdown_table(["network, lr", "arm", "final test acc",
-                           "loss range: step 1 / later (median)",
-                           "gradient range: step 1 / later", "beta: step 1 / later"], rows)
+                cells.append(f"{ok_only(first, arm['outcome'])} / "
+                             f"{ok_only(later, arm['outcome'])}")
+            measures.append((name, tallied(label(key == "bn"), arm["outcome"]), *cells))
+        compared.append((name, "final test acc",
+                         *against(no_bn["test_acc"], bn["test_acc"], *outcomes, spec=".2%")))
+        for measure, title in MEASURES:
+            compared.append((name, f"{title} later",
+                             *against(start_and_later(no_bn[measure])[1],
+                                      start_and_later(bn[measure])[1], *outcomes)))
+    return "\n".join([
+        markdown_table(["network, lr", "arm", "loss range: step 1 / later (median)",
+                        "gradient range: step 1 / later", "beta: step 1 / later"], measures),
+        markdown_table(["network, lr", "measure", "without BN", "with BN",
+                        "with BN - without BN"], compared)])
 
 
 def draw(results):
@@ -141,11 +156,12 @@ def draw(results):
         for ax, (key, ylabel, title) in zip(row, panels):
             for bn in (False, True):
                 arm = setting["bn" if bn else "no_bn"]
-                draw_band(ax, arm["step"], arm[key], color(bn), label(bn))
+                draw_band(ax, arm["step"], arm[key], color(bn), label(bn),
+                          outcomes=arm["outcome"])   # failed runs: lines of their own
             ax.set(xlabel="training step", ylabel=f"{ylabel} (log)", yscale="log",
                    title=f"{name}: {title}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8, loc="best")
     fig.suptitle("Along the gradient by 1/2 to 4 times the learning rate (Santurkar et al. "
-                 "2018, Fig. 4): mean and range over seeds")
+                 "2018, Fig. 4): mean and range over the ok seeds")
     return [fig]

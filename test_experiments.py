@@ -129,8 +129,10 @@ def test_init_has_cs231ns_deeper_network_train_accuracy_and_the_default_scales(q
     assert init["scales"][0] <= 1e-4 and init["scales"][-1] >= 10
     deep = init["networks"]["deep"]
     assert deep["widths"] == [784] + [50] * 7
-    assert deep["kaiming"] == pytest.approx([(2 / 784) ** 0.5, (2 / 50) ** 0.5])
-    assert deep["torch"] == pytest.approx([(1 / (3 * 784)) ** 0.5, (1 / (3 * 50)) ** 0.5])
+    # the JSON's floats are rounded to 5 significant digits (studies/runner.py)
+    assert deep["kaiming"] == pytest.approx([(2 / 784) ** 0.5, (2 / 50) ** 0.5], rel=1e-4)
+    assert deep["torch"] == pytest.approx([(1 / (3 * 784)) ** 0.5, (1 / (3 * 50)) ** 0.5],
+                                          rel=1e-4)
     mlp_record = init["networks"]["mlp"]
     assert mlp_record["no_bn"][0]["outcome"] == ["failed"]   # weights of 1e-4: nothing gets through
     assert mlp_record["bn"][0]["test_acc"][0] > mlp_record["no_bn"][0]["test_acc"][0]
@@ -368,4 +370,25 @@ def test_redraw_draws_the_figures_again_from_the_json(quick_run, tmp_path, capsy
     assert drawn["lr_robustness.png"] == (figures / "lr_robustness.png").read_bytes()
     with pytest.raises(SystemExit) as stop:   # no JSON yet: one line saying what to run first
         experiments.main(["lr", "--redraw", "--out", str(tmp_path / "none")])
-    assert "run `python experiments.py lr` first" in str(stop.value.code)
+    assert "run `python experiments.py lr" in str(stop.value.code)
+    assert str(stop.value.code).endswith("first")
+
+
+def test_placement_and_detach_leave_a_failed_seed_out_and_compare_by_the_rule():
+    from studies import detach, placement
+    ok, one_failed = ["ok"] * 5, ["ok", "failed", "ok", "ok", "ok"]
+    arm = lambda accs, outcomes: {"test_acc": accs, "outcome": outcomes}
+    models = {"mlp": {"before": arm([0.97, 0.96, 0.97, 0.98, 0.97], ok),
+                      "after": arm([0.98, 0.11, 0.98, 0.99, 0.98], one_failed)}}
+    text = placement.table({"models": models})
+    # the failed seed is in no mean; four pairs are too few for an effect
+    assert "| mlp | 97.00% (96.00%-98.00%) | 98.25% (98.00%-99.00%), 4 of 5 ok, 1 failed | " \
+           "not compared: 4 of 5 ok |" in text
+    models["mlp"]["after"]["outcome"] = ok
+    models["mlp"]["after"]["test_acc"][1] = 0.9601
+    assert "effect: +0.01 to +1.00 points on all 5 seeds" in placement.table({"models": models})
+    ratios = {"bias_grad": [[1.0, 1.0], [50.0, 50.0]], "weight_grad": [[10.0, 10.0], [1.0, 1.0]],
+              "outcome": ["ok", "diverged"]}
+    assert detach.median_ratio(ratios) == pytest.approx(0.1)   # the diverged seed's 50 left out
+    ratios["outcome"] = ["failed", "diverged"]
+    assert detach.median_ratio(ratios) is None

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import batchnorm
-from studies.common import (color, draw_over_seeds, first_images, markdown_table,
-                            mean_and_range, mlp_with, module_input, outcome, preserved,
+from studies.common import (color, compare, draw_over_seeds, first_images, markdown_table,
+                            mlp_with, module_input, ok_values, outcome, preserved, seeds_cell,
                             show_seeds)
 
 NAME = "batch"
@@ -48,11 +48,6 @@ def population_accuracy(model, images, test_x, test_y, batch_size):
 
 def last(values):
     return values[-1] if values else None
-
-
-def mean(values):
-    """The mean over seeds of what was recorded; nan where no seed recorded anything."""
-    return (mean_and_range(values) or (float("nan"),))[0]
 
 
 class Mechanism:
@@ -153,14 +148,29 @@ def assemble(study, jobs, results):
 
 
 def table(results):
-    return markdown_table(
-        ["rate", "batch", "lr", "BN eval", "BN population", "BN batch stats", "no BN",
-         "x_hat at +-1", "BN last window"],
-        [(rule, size, f"{arm['lr'][i]:g}", show_seeds(arm["bn_eval"][i]),
-          show_seeds(arm["bn_population"][i]), show_seeds(arm["bn_batch_stats"][i]),
-          show_seeds(arm["no_bn"][i]), f"{mean(arm['x_hat_near_one'][i]):.2f}",
-          show_seeds(arm["bn_last_window_acc"][i]))
-         for rule, arm in results["arms"].items() for i, size in enumerate(results["sizes"])])
+    """Two tables. Per rate rule and batch size: each evaluation's test accuracy, the share of
+    x_hat at +-1 and the last window's training accuracy, over the ok seeds (with BN: the BN
+    run's outcome; the others counted in the first cell of each arm). Then the effect rule on
+    with BN against without, and on each other evaluation of the BN runs against eval mode."""
+    ok = lambda values, outcomes, spec=".2%": show_seeds(ok_values(values, outcomes), spec)
+    values, compared = [], []
+    for rule, arm in results["arms"].items():
+        for i, size in enumerate(results["sizes"]):
+            bn, no_bn = arm["bn_outcome"][i], arm["no_bn_outcome"][i]
+            values.append((rule, size, f"{arm['lr'][i]:g}", seeds_cell(arm["bn_eval"][i], bn),
+                           ok(arm["bn_population"][i], bn), ok(arm["bn_batch_stats"][i], bn),
+                           seeds_cell(arm["no_bn"][i], no_bn),
+                           ok(arm["x_hat_near_one"][i], bn, ".2f"),
+                           ok(arm["bn_last_window_acc"][i], bn)))
+            compared.append((rule, size,
+                             compare(arm["no_bn"][i], arm["bn_eval"][i], no_bn, bn)[1],
+                             *(compare(arm["bn_eval"][i], arm[key][i], bn, bn)[1]
+                               for key in ("bn_population", "bn_batch_stats"))))
+    return "\n".join([
+        markdown_table(["rate", "batch", "lr", "BN eval", "BN population", "BN batch stats",
+                        "no BN", "x_hat at +-1", "BN last window"], values),
+        markdown_table(["rate", "batch", "with BN - without BN (eval mode)",
+                        "population - eval mode", "batch stats - eval mode"], compared)])
 
 
 def draw(results):
@@ -183,22 +193,23 @@ def draw(results):
         ax.set_xticks(sizes, [f"{s}\n{lr:g}" for s, lr in zip(sizes, arm["lr"])])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="center right")
-    linear = results["arms"]["linear"]
-    for key, style, text in (("first_grad_norm_bn", "o-", "with BN"),
-                             ("first_grad_norm_no_bn", "^-", "without BN")):
-        means = [mean(v) for v in linear[key]]
-        axes[2].plot(sizes, means, style, color=color(key == "first_grad_norm_bn"),
-                     label=f"first layer's |grad W|, {text}")
+    linear = results["arms"]["linear"]   # the ok runs' means; the others marked on their own
+    for key, outcomes, fmt, bn in (("first_grad_norm_bn", "bn_outcome", "o-", True),
+                                   ("first_grad_norm_no_bn", "no_bn_outcome", "^-", False)):
+        draw_over_seeds(axes[2], sizes, linear[key], linear[outcomes], color(bn),
+                        f"first layer's |grad W|, {'with' if bn else 'without'} BN", fmt=fmt,
+                        floor=None)
     axes[2].set(xscale="log", yscale="log", xlabel="batch size (linear rate)",
                 ylabel="norm of the first layer's weight gradient, last step",
                 title="linear rate: x_hat at +-1, and the first layer's gradient")
     axes[2].set_xticks(sizes, [str(s) for s in sizes])
     twin = axes[2].twinx()
-    twin.plot(sizes, [mean(v) for v in linear["x_hat_near_one"]], "k:",
-              label="share of |x_hat| within 1e-3 of 1 (first BN)")
+    draw_over_seeds(twin, sizes, linear["x_hat_near_one"], linear["bn_outcome"], "k",
+                    "share of |x_hat| within 1e-3 of 1 (first BN)", fmt=":", floor=None)
     twin.set(ylabel="share of x_hat at +-1", ylim=(-0.02, 1.02))
     axes[2].legend(fontsize=7, loc="upper right")
     twin.legend(fontsize=7, loc="lower left")
     axes[2].grid(alpha=0.3)
-    fig.suptitle("Batch size: MLP 784-128-64-10, one epoch each (band: range over seeds)")
+    fig.suptitle("Batch size: MLP 784-128-64-10, one epoch each (band: range over the ok seeds; "
+                 "failed and diverged runs marked on their own)")
     return [fig]

@@ -9,7 +9,7 @@ from torch import nn
 import batchnorm
 import mlp
 from batchnorm import BatchNorm1d
-from studies.common import first_images, markdown_table, show_seeds
+from studies.common import compare, first_images, markdown_table, seeds_cell
 
 NAME = "detach"
 QUESTION = "the BN paper's section 2: detached statistics"
@@ -98,39 +98,60 @@ def assemble(study, jobs, results):
 
 
 def median_ratio(arm):
-    """The median of |grad b| / |grad W| over every window of every seed."""
-    return torch.tensor([b / w for bs, ws in zip(arm["bias_grad"], arm["weight_grad"])
-                         for b, w in zip(bs, ws)]).median().item()
+    """The median of |grad b| / |grad W| over every window of every ok seed; None where no
+    seed is ok."""
+    ratios = [b / w for bs, ws, verdict in zip(arm["bias_grad"], arm["weight_grad"],
+                                               arm["outcome"]) if verdict == "ok"
+              for b, w in zip(bs, ws)]
+    return torch.tensor(ratios).median().item() if ratios else None
 
 
 def table(results):
+    """Per arm: test accuracy over its ok seeds (the others counted), the effect rule on it
+    against the true gradient, the first seed's bias norm, and the ok seeds' median ratio of
+    the bias's gradient to the weights'."""
+    first_seed = results["provenance"]["seeds"][0]
+    true = results["arms"]["true"]
+
+    def ratio(arm):
+        median = median_ratio(arm) if arm["bias_norm"] else None
+        return "-" if median is None else f"{median:.2e}"
+
     return markdown_table(
-        ["arm", "final test acc", "bias norm: initial / end (seed 0)",
+        ["arm", "final test acc", "this - true", f"bias norm: initial / end (seed {first_seed})",
          "norm of grad b / of grad W (median)"],
-        [(name, show_seeds(arm["test_acc"]),
+        [(name, seeds_cell(arm["test_acc"], arm["outcome"]),
+          "" if name == "true" else compare(true["test_acc"], arm["test_acc"], true["outcome"],
+                                            arm["outcome"])[1],
           f"{arm['bias_norm_at_start'][0]:.3g} / {arm['bias_norm'][0][-1]:.3g}"
-          if arm["bias_norm"] else "-",
-          f"{median_ratio(arm):.2e}" if arm["bias_norm"] else "-")
+          if arm["bias_norm"] else "-", ratio(arm))
          for name, arm in results["arms"].items()])
 
 
 def draw(results):
-    """The figure from detach.json's numbers (also `experiments.py detach --redraw`)."""
+    """The figure from detach.json's numbers (also `experiments.py detach --redraw`): each
+    seed a line of its own, a failed or diverged one dotted and ending in its marker."""
     fig, axes = plt.subplots(1, 4, figsize=(19, 4))
     for name, arm in results["arms"].items():
         color, iters = COLORS[name], arm["iter"]
-        for s in range(len(arm["test_acc"])):   # each seed
+        for s, verdict in enumerate(arm["outcome"]):   # each seed
             first = s == 0
-            axes[0].plot(iters, arm["train_loss"][s], color=color, lw=0.7,
-                         label=name if first else None)
+            style = dict(color=color, ls="-" if verdict == "ok" else ":")
+
+            def line(ax, values, label):
+                ax.plot(iters[:len(values)], values, **style, lw=0.7 if ax is axes[0] else 1.0,
+                        label=label if first else None)
+                if verdict != "ok" and values:
+                    ax.plot(iters[len(values) - 1], values[-1],
+                            "v" if verdict == "failed" else "x", color=color, ms=7)
+
+            line(axes[0], arm["train_loss"][s], name)
             if arm["bias_norm"]:
-                axes[1].plot(iters, arm["bias_norm"][s], color=color,
-                             label=f"{name}: biases before BN" if first else None)
-                ratio = [b / w for b, w in zip(arm["bias_grad"][s], arm["weight_grad"][s])]
-                axes[2].plot(iters, ratio, color=color, label=name if first else None)
+                line(axes[1], arm["bias_norm"][s], f"{name}: biases before BN")
+                line(axes[2], [b / w for b, w in zip(arm["bias_grad"][s], arm["weight_grad"][s])],
+                     name)
             if any(arm["beta_grad"][s]):
-                axes[3].plot(iters, arm["beta_grad"][s], color=color,
-                             label=name if first else None)
+                line(axes[3], arm["beta_grad"][s], name)
     axes[0].set(xlabel="iteration", ylabel="train loss (50-step window)", yscale="log",
                 title="training")
     axes[1].set(xlabel="iteration", ylabel="norm of the hidden layers' biases", yscale="log",
@@ -143,6 +164,7 @@ def draw(results):
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="upper right")
     axes[3].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle("Detached statistics (each line: a seed; the arms without a bias, or with beta "
-                 "frozen, are absent where they have nothing to draw)")
+    fig.suptitle("Detached statistics (each line: a seed, dotted and marked v or x where it failed "
+                 "or diverged; the arms without a bias, or with beta frozen, are absent where they "
+                 "have nothing to draw)")
     return [fig]

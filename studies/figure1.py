@@ -10,8 +10,8 @@ from torch import nn
 import batchnorm
 import solver
 from batchnorm import BatchNorm1d
-from studies.common import (color, draw_over_seeds, first_images, markdown_table, module_input,
-                            outcome, show_seeds)
+from studies.common import color, compare, first_images, markdown_table, module_input, outcome
+from studies.why_bn import draw_band, ok_only, tallied
 
 NAME = "figure1"
 QUESTION = "the BN paper's Figure 1, its network and its three panels"
@@ -131,12 +131,36 @@ def assemble(study, jobs, results):
     return record
 
 
+def early(record):
+    """The index of the measurement nearest a tenth of the training (step 5,000 of 50,000)."""
+    return max(0, round(len(record["step"]) / 10) - 1)
+
+
 def table(results):
+    """Per arm: test accuracy at a tenth of the training and at the end, over the ok seeds
+    (the others counted in the arm's name); the effect rule on with BN against the arm at both
+    (compare); the first seed's percentiles at the end."""
+    bn = results["bn"]
+    at = early(bn)
+    at_step = lambda record: [curve[at] if len(curve) > at else None
+                              for curve in record["test_acc"]]
+    rows = []
+    for name in ARMS:
+        record = results[name]
+        if not record["step"]:
+            continue
+        versus = "" if name == "bn" else " / ".join(
+            compare(a, b, record["outcome"], bn["outcome"])[1]
+            for a, b in ((at_step(record), at_step(bn)),
+                         (record["final_test_acc"], bn["final_test_acc"])))
+        rows.append((tallied(TITLES[name], record["outcome"]),
+                     ok_only(at_step(record), record["outcome"], ".2%"),
+                     ok_only(record["final_test_acc"], record["outcome"], ".2%"), versus,
+                     " / ".join(f"{record[p][0][-1]:+.2f}" for p in ("p15", "p50", "p85"))))
     return markdown_table(
-        ["network", "test acc at the end (seeds)", "p15 / p50 / p85 at the end, first seed"],
-        [(TITLES[name], show_seeds(results[name]["final_test_acc"]),
-          " / ".join(f"{results[name][p][0][-1]:+.2f}" for p in ("p15", "p50", "p85")))
-         for name in ARMS if results[name]["step"]])
+        ["network", f"test acc at step {bn['step'][at]:,}", "test acc at the end",
+         f"with BN - this: step {bn['step'][at]:,} / end",
+         "p15 / p50 / p85 at the end, first seed"], rows)
 
 
 def draw(results):
@@ -146,14 +170,12 @@ def draw(results):
     axes[2].sharey(axes[1])
     axes[3].sharey(axes[1])
     colors = {"bn": color(True), "no_bn": color(False), "no_bn_small_init": "tab:brown"}
-    for name in ARMS:
+    for name in ARMS:   # failed and diverged runs: lines of their own
         record = results[name]
-        per_step = [list(accs) for accs in zip(*record["test_acc"])]
-        draw_over_seeds(axes[0], record["step"], per_step,
-                        [["ok"] * len(accs) for accs in per_step], colors[name], TITLES[name],
-                        fmt="-")
+        draw_band(axes[0], [record["step"]] * len(record["test_acc"]), record["test_acc"],
+                  colors[name], TITLES[name], outcomes=record["outcome"])
     axes[0].set(xlabel="training step", ylabel="test accuracy", ylim=(0, 1),
-                title="(a) test accuracy (band: range over seeds)")
+                title="(a) test accuracy (band: range over the ok seeds)")
     axes[0].legend(fontsize=8, loc="lower right")
     first_seed = results["provenance"]["seeds"][0]
     for ax, name, panel in zip(axes[1:], ARMS, "bcd"):
@@ -162,7 +184,7 @@ def draw(results):
             ax.plot(record["step"], record[p][0], style, color=colors[name],
                     label=f"{p[1:]}th percentile")
         ax.set(xlabel="training step", ylabel="input of a last-layer sigmoid",
-               title=f"({panel}) {TITLES[name]}, seed {first_seed}")
+               title=f"({panel}) {TITLES[name]}, seed {first_seed} ({record['outcome'][0]})")
     axes[3].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -6,7 +6,8 @@ from torch import nn
 import cnn
 import mlp
 from batchnorm import BatchNorm1d, BatchNorm2d
-from studies.common import draw_over_seeds, first_images, markdown_table, show_seeds
+from studies.common import compare, first_images, markdown_table, seeds_cell
+from studies.why_bn import draw_band
 
 NAME = "placement"
 QUESTION = "BN before or after the ReLU"
@@ -82,35 +83,40 @@ def assemble(study, jobs, results):
 
 
 def table(results):
+    """Per model, each placement's test accuracy over its ok seeds (the others counted) and the
+    effect rule on after against before (paired by seed: the same batch order in both)."""
     return markdown_table(
-        ["model", "BN before ReLU", "BN after ReLU", "after - before, per seed"],
-        [(name, show_seeds(arms["before"]["test_acc"]), show_seeds(arms["after"]["test_acc"]),
-          " ".join(f"{d:+.2%}" for d in arms.get("after_minus_before", [])))
-         for name, arms in results["models"].items()])
+        ["model", "BN before ReLU", "BN after ReLU", "after - before"],
+        [(name, seeds_cell(before["test_acc"], before["outcome"]),
+          seeds_cell(after["test_acc"], after["outcome"]),
+          compare(before["test_acc"], after["test_acc"], before["outcome"],
+                  after["outcome"])[1])
+         for name, arms in results["models"].items()
+         for before, after in [(arms["before"], arms["after"])]])
 
 
 def draw(results):
-    """The figure from placement.json's numbers (also `experiments.py placement --redraw`)."""
+    """The figure from placement.json's numbers (also `experiments.py placement --redraw`):
+    means and ranges over the ok seeds, each failed or diverged run on its own."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 7))
     for column, (name, arms) in enumerate(results["models"].items()):
         for place in ("before", "after"):
-            arm = arms[place]
-            label = f"BN {place} the ReLU"
-            losses = list(zip(*arm["train_loss"]))   # per window: the seeds' losses
-            axes[0][column].plot(arm["train_iter"][:len(losses)],
-                                 [sum(w) / len(w) for w in losses], color=COLORS[place], lw=0.8,
-                                 label=label)
-            epochs_run = list(range(1, len(arm["test_acc_per_epoch"][0]) + 1))
-            per_epoch = [list(accs) for accs in zip(*arm["test_acc_per_epoch"])]
-            draw_over_seeds(axes[1][column], epochs_run, per_epoch,
-                            [["ok"] * len(accs) for accs in per_epoch], COLORS[place], label)
+            arm, label = arms[place], f"BN {place} the ReLU"
+            seeds = len(arm["outcome"])
+            draw_band(axes[0][column], [arm["train_iter"]] * seeds, arm["train_loss"],
+                      COLORS[place], label, outcomes=arm["outcome"])
+            draw_band(axes[1][column],
+                      [list(range(1, len(accs) + 1)) for accs in arm["test_acc_per_epoch"]],
+                      arm["test_acc_per_epoch"], COLORS[place], label, style="o-",
+                      outcomes=arm["outcome"])
         axes[0][column].set(title=f"{name.upper()}: training loss (50-step windows, mean "
-                                  "over seeds)", xlabel="iteration", ylabel="train loss",
-                            yscale="log")
+                                  "over the ok seeds)", xlabel="iteration",
+                            ylabel="train loss", yscale="log")
         axes[1][column].set(title=f"{name.upper()}: test accuracy after each epoch",
-                            xlabel="epoch", ylabel="test accuracy")
+                            xlabel="epoch", ylabel="test accuracy",
+                            xticks=range(1, results["epochs"] + 1))
         for ax in axes[:, column]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle("BN before or after the ReLU (band: range over seeds)")
+    fig.suptitle("BN before or after the ReLU (band: range over the ok seeds)")
     return [fig]

@@ -9,7 +9,8 @@ import batchnorm
 import cnn
 import mlp
 import plot
-from studies.common import draw_over_seeds, first_images, markdown_table, outcome, show_seeds
+from studies.common import (compare, draw_over_seeds, first_images, markdown_table, outcome,
+                            seeds_cell)
 
 NAME = "small_batch"
 QUESTION = "BN, Batch Renorm, GroupNorm, LayerNorm at batches 2-128"
@@ -82,10 +83,20 @@ def assemble(study, jobs, results):
 
 
 def table(results):
-    return markdown_table(["model", "batch", *ARMS],
-                          [(name, size, *(show_seeds(record[arm]["test_acc"][i]) for arm in ARMS))
-                           for name, record in results["models"].items()
-                           for i, size in enumerate(results["sizes"])])
+    """Two tables. Per network and batch size, each arm's test accuracy over its ok seeds (the
+    others counted); then the effect rule on each other arm against BN (eval mode)."""
+    rows = [(name, size, *(seeds_cell(record[arm]["test_acc"][i], record[arm]["outcome"][i])
+                           for arm in ARMS))
+            for name, record in results["models"].items()
+            for i, size in enumerate(results["sizes"])]
+    versus_bn = [(name, size, *(compare(record["bn"]["test_acc"][i], record[arm]["test_acc"][i],
+                                        record["bn"]["outcome"][i],
+                                        record[arm]["outcome"][i])[1] for arm in ARMS[1:]))
+                 for name, record in results["models"].items()
+                 for i, size in enumerate(results["sizes"])]
+    return "\n".join([markdown_table(["model", "batch", *ARMS], rows),
+                      markdown_table(["model", "batch", *(f"{arm} - bn" for arm in ARMS[1:])],
+                                     versus_bn)])
 
 
 def draw(results):
@@ -106,5 +117,5 @@ def draw(results):
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("Small batches: BN against the layers that do not depend on the batch "
-                 "(mean over seeds, band: their range)")
+                 "(mean over the ok seeds, band: their range; failed and diverged runs marked)")
     return [fig]

@@ -1,7 +1,10 @@
 """Figures and tables from saved runs: the report's, and views it never had.
 
-    python plot.py                       # every run under runs/, figures into figures/
-    python plot.py runs/cnn runs/cnn_bn --figures figures
+    python plot.py                       # every run under runs/, figures into runs/figures/
+    python plot.py runs/cnn runs/cnn_bn --figures /tmp/cnn_figures
+
+The committed figures/ are rewritten only when asked: by reproduce.py (which passes
+--figures figures) or by an explicit --figures figures.
 
 Per run (from history.json):
     <run>_train.png   train loss and accuracy per iteration (report Fig. 3.2)
@@ -64,7 +67,10 @@ def case_name(history):
 
 # ----------------------------------------------------------------------------- reading runs
 
-HISTORY_KEYS = tuple(solver.new_history("mlp", "none", 0, {}, "cpu"))   # history.json's keys
+# the keys of history.json that plot.py needs: all but `cpu`, which runs saved before it was
+# recorded lack, and which no figure or table here reads
+HISTORY_KEYS = tuple(key for key in solver.new_history("mlp", "none", 0, {}, "cpu")
+                     if key != "cpu")
 
 def load_runs(run_dirs):
     """(folder, history) per run; a folder that is not a finished-epoch run of ours stops with
@@ -280,8 +286,9 @@ def main(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("runs", nargs="*",
                         help="run folders (default: every folder under runs/ with a history.json)")
-    parser.add_argument("--figures", "--out", dest="figures", default="figures",
-                        help="where the PNGs and table.md go (--out: the same, its older name)")
+    parser.add_argument("--figures", "--out", dest="figures", default="runs/figures",
+                        help="where the PNGs and table.md go (--out: the same, its older name); "
+                             "the committed record is `--figures figures`")
     parser.add_argument("--data-dir", default="data",
                         help="MNIST for the confusion matrix and mistakes")
     args = parser.parse_args(argv)

@@ -8,17 +8,28 @@ Each run is the script's own command with its defaults (`python cnn.py --bn --ou
 runs/cnn_bn`), so its numbers are exactly those of the individual commands. Run again after an
 interruption, it skips finished runs (a history.json with every epoch and the same config, older
 histories included) and continues an interrupted one with --resume; a folder that holds a run
-with another config is reported and left alone. At the end: plot.py's table, the wall time of
-each run, both also in table.md.
+with another config is reported and left alone. At the end: plot.py's table and README's
+reproduction table (report_table), both also in table.md, and, once all five runs are finished,
+report_runs.json: each run's command, numbers, times, CPU and threads, README's table's source.
+
+The full runs write the committed record: figures/ (plot.py --figures figures), results/
+report_runs.json and, with --experiments, the studies' results/ and figures (experiments.py
+--out results --figures figures). A quick check (--epochs N) writes all of that into
+<out>/epochs_N/ instead, never into the record.
 """
 import argparse
+import datetime
 import json
+import platform
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import torch
+
+import plot
 import plumbing
 import registry
 import solver
@@ -30,22 +41,37 @@ REPORT = {  # the report's final accuracy and time for each command, for the tab
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data-dir", default="data", help="a folder holding MNIST/raw/")
-    parser.add_argument("--device", choices=plumbing.DEVICES, default="auto")
-    parser.add_argument("--out", default="runs", help="the folder of the runs")
+    # each help names its default itself: several depend on --epochs
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default="data",
+                        help="a folder holding MNIST/raw/ (default: data)")
+    parser.add_argument("--device", choices=plumbing.DEVICES, default="auto",
+                        help="passed to every script (default: auto, a GPU where there is one)")
+    parser.add_argument("--out", default="runs", help="the folder of the runs (default: runs)")
     parser.add_argument("--figures", default=None,
                         help="where plot.py writes (default: figures, or <runs>/figures with "
                              "--epochs)")
     parser.add_argument("--epochs", type=plumbing.positive_int, default=None,
-                        help="passed to every script: a quick check, in <out>/epochs_N/ of its own")
+                        help="passed to every script: a quick check, in <out>/epochs_N/ of its own "
+                             "(default: each script's own epochs)")
+    parser.add_argument("--results", default=None,
+                        help="where report_runs.json goes, and with --experiments the studies' "
+                             "JSON (default: results, or <runs> with --epochs, the studies' "
+                             "JSON in <runs>/experiments)")
     parser.add_argument("--experiments", action="store_true",
                         help="also run `experiments.py all` (its --quick mode with --epochs)")
+    parser.add_argument("--jobs", type=plumbing.positive_int, default=None,
+                        help="passed to `experiments.py all`: its trainings run at once "
+                             "(default: experiments.py's, the cores on a CPU, 1 on a GPU and "
+                             "with --epochs)")
     args = parser.parse_args(argv)
+    args.command = plumbing.command_line("reproduce.py", argv)
     args.runs_dir = Path(args.out) / f"epochs_{args.epochs}" if args.epochs else Path(args.out)
+    quick = args.epochs is not None   # a quick check: nothing of it goes into the record
     if args.figures is None:
-        args.figures = args.runs_dir / "figures" if args.epochs else Path("figures")
+        args.figures = args.runs_dir / "figures" if quick else Path("figures")
+    if args.results is None:
+        args.results = args.runs_dir if quick else Path("results")
     return args
 
 
@@ -61,6 +87,7 @@ class Run:
         self.config = solver.effective_config(self.script.config, parsed)
         self.command = ["python", f"{name}.py", *self.flags, "--data-dir", str(args.data_dir),
                         "--device", args.device, "--out", str(self.out)]
+        self.shown = " ".join(["python", f"{name}.py", *self.flags])   # as a reader types it
 
     def history(self):
         """The run's history.json, or None."""
@@ -120,26 +147,84 @@ def run_one(command, stop_message):
                                    f"(its message is above); {stop_message()}")
 
 
-def results_table(runs, wall_times):
-    rows = ["| command | report | ours: final (best) test accuracy | wall time |",
-            "| --- | --- | --- | --- |"]
-    for run in runs:
-        history = run.history()
-        if not history or run.state() != "done":
-            continue
-        wall = wall_times.get(run.label)
-        rows.append(f"| `python {run.name}.py{' ' if run.flags else ''}{' '.join(run.flags)}` "
-                    f"| {REPORT[run.label]} | {history['test']['acc'][-1]:.2%} "
-                    f"({history['best_test_acc']:.2%}) "
-                    f"| {registry.format_time(wall) if wall else '-'} |")
-    return "\n".join(rows) + "\n"
+# ----------------------------------------------------------------------------- report_runs.json
 
+def significant(value, digits=4):
+    """`value` rounded to `digits` significant digits (a loss: 0.06081, not 0.0608)."""
+    return float(f"{value:.{digits}g}")
+
+
+def run_summary(run, wall_time):
+    """One finished run's entry of report_runs.json: its history.json's numbers, rounded as the
+    tables show them, its wall time (None if it was not timed) and where it trained."""
+    history = run.history()
+    return {
+        "command": run.shown, "report": REPORT[run.label],
+        "epochs": len(history["test"]["epoch"]), "params": history["params"],
+        "final_test_acc": round(history["test"]["acc"][-1], 4),
+        "best_test_acc": round(history["best_test_acc"], 4),
+        "final_test_loss": significant(history["test"]["loss"][-1]),
+        "iterations_to_90_train_acc": plot.converge_iteration(history, 0.90),   # None: never
+        "iterations_to_98_train_acc": plot.converge_iteration(history, 0.98),
+        "train_time_s": round(history["train_time_s"]),
+        "wall_time_s": None if wall_time is None else round(wall_time),
+        "device": history["device"],
+        "cpu": history.get("cpu"),   # None for a run saved before history.json recorded it
+        "threads": history["threads"],
+    }
+
+
+def report_summary(runs, wall_times, command):
+    """report_runs.json's content: the finished runs by label, and where the numbers came from."""
+    return {
+        "provenance": {"command": command, "torch": torch.__version__,
+                       "python": platform.python_version(),
+                       "date": datetime.date.today().isoformat()},
+        "runs": {run.label: run_summary(run, wall_times.get(run.label))
+                 for run in runs if run.state() == "done"},
+    }
+
+
+def report_table(summary):
+    """README's reproduction table, in Markdown, from report_runs.json's content (`summary`):
+    a row per run, then one line saying where the runs trained."""
+    rows = ["| command | report | epochs | ours: final (best) test accuracy "
+            "| iterations to 98% train acc | training time (wall time) |",
+            "| --- | --- | ---: | --- | ---: | --- |"]
+    for entry in summary["runs"].values():
+        to_98 = entry["iterations_to_98_train_acc"]
+        wall = entry["wall_time_s"]
+        rows.append("| " + " | ".join([
+            f"`{entry['command']}`", entry["report"], str(entry["epochs"]),
+            f"{entry['final_test_acc']:.2%} ({entry['best_test_acc']:.2%})",
+            "never" if to_98 is None else f"{to_98:,}",
+            registry.format_time(entry["train_time_s"])
+            + ("" if wall is None else f" ({registry.format_time(wall)})"),
+        ]) + " |")
+    return "\n".join(rows) + "\n\n" + where_trained(summary) + "\n"
+
+
+def where_trained(summary):
+    """'Trained on <CPU> with N threads, torch X.': the runs are named only where they differ
+    (the last digits of a run depend on the CPU type and the thread count)."""
+    machines = {}   # (device, cpu, threads) -> the labels of the runs trained there
+    for label, entry in summary["runs"].items():
+        machine = (entry["device"], entry["cpu"] or "a CPU not recorded", entry["threads"])
+        machines.setdefault(machine, []).append(label)
+    parts = []
+    for (device, cpu, threads), labels in machines.items():
+        where = cpu if device == "cpu" else f"{device} (host CPU: {cpu})"
+        named = f" ({', '.join(labels)})" if len(machines) > 1 else ""
+        parts.append(f"{where} with {threads} thread{'' if threads == 1 else 's'}{named}")
+    return f"Trained on {'; '.join(parts)}; torch {summary['provenance']['torch']}."
+
+
+# ----------------------------------------------------------------------------- the command
 
 def main(argv=None):
     args = parse_args(argv)
-    again = plumbing.command_line("reproduce.py", argv)
     stop_message = lambda: (f"finished epochs and runs are kept in {args.runs_dir}; "
-                            f"continue with:\n  {again}")
+                            f"continue with:\n  {args.command}")
     with plumbing.one_line_failures(stop_message):
         reproduce(args, stop_message)
 
@@ -174,20 +259,43 @@ def reproduce(args, stop_message):
         print(f"\nplot.py on {len(finished)} runs, figures into {args.figures}", flush=True)
         run_one(["python", "plot.py", *(str(r.out) for r in finished),
                  "--figures", str(args.figures), "--data-dir", str(args.data_dir)], stop_message)
-        table = results_table(runs, wall_times)
-        table_path = Path(args.figures) / "table.md"
+        summary = report_summary(runs, wall_times, args.command)
+        table = report_table(summary)
+        table_path = Path(args.figures) / "table.md"   # plot.py's table, then this one
         table_path.write_text(table_path.read_text() + "\n" + table)
         print(table)
+        save_summary(summary, len(runs), args.results)
     if args.experiments:
-        run_one(["python", "experiments.py", "all", *(["--quick"] if args.epochs else []),
-                 "--data-dir", str(args.data_dir), "--device", args.device,
-                 "--out", str(args.runs_dir / "experiments"), "--figures", str(args.figures)],
-                stop_message)
+        run_one(experiments_command(args), stop_message)
     print(f"reproduce.py: {registry.format_time(time.perf_counter() - start)} in this call")
     if others:
         raise plumbing.SolverError(
             "not overwritten, since they hold runs with another config: "
             + ", ".join(str(run.out) for run in others) + "; move them away or use another --out")
+
+
+def save_summary(summary, n_runs, results_dir):
+    """<results>/report_runs.json, once every run has finished: a record never lacks a run."""
+    if len(summary["runs"]) < n_runs:
+        print(f"report_runs.json not written: {len(summary['runs'])} of {n_runs} runs finished")
+        return
+    path = Path(results_dir) / "report_runs.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plumbing.save_files({path: plumbing.json_writer(summary)})
+    print(f"wrote {path}")
+
+
+def experiments_command(args):
+    """`python experiments.py all`, with every folder named: the record's (--results, figures)
+    for the full runs, <runs>/ with --quick for a quick check."""
+    if args.epochs:
+        where = ["--quick", "--out", str(args.runs_dir / "experiments")]
+    else:
+        where = ["--out", str(args.results)]
+    # without --jobs, experiments.py picks: the cores on a CPU, one job on a GPU or with --quick
+    jobs = [] if args.jobs is None else ["--jobs", str(args.jobs)]
+    return ["python", "experiments.py", "all", *where, "--figures", str(args.figures), *jobs,
+            "--data-dir", str(args.data_dir), "--device", args.device]
 
 
 if __name__ == "__main__":

@@ -247,9 +247,11 @@ def run_folder(model, norm, root="runs"):
 
 
 def new_history(name, norm, params, config, device):
-    """history.json's content; the thread count too, because it changes the last digits."""
+    """history.json's content; the CPU type and thread count too, because they change the last
+    digits."""
     return {"model": name, "norm": norm, "params": params, "config": config,
             "device": str(device), "threads": torch.get_num_threads(),
+            "cpu": plumbing.cpu_name(),
             "train": {"iter": [], "loss": [], "acc": []},
             "test": {"epoch": [], "loss": [], "acc": []},
             "epoch_time_s": [], "train_time_s": 0.0, "best_test_acc": None}
@@ -336,7 +338,8 @@ def _run(name, build_model, config, args, out, device):
         torch.set_rng_state(checkpoint["torch_rng"])
         history, probe.record = checkpoint["history"], checkpoint["activation"]
         first_epoch, history["config"] = checkpoint["epoch"], config
-        history["threads"] = torch.get_num_threads()
+        # the machine that continues the run, as for a new one
+        history["threads"], history["cpu"] = torch.get_num_threads(), plumbing.cpu_name()
         print(f"resuming {out} after epoch {first_epoch}")
 
     print(f"{name}{'' if norm == 'none' else ' with ' + norm}: {params:,} parameters, {device}, "

@@ -10,7 +10,9 @@ import solver
 
 
 def synthetic_history(bn, crosses_90_at):
-    """A run whose windowed train accuracy first reaches 0.90 at iteration `crosses_90_at`."""
+    """A run whose windowed train accuracy first reaches 0.90 at iteration `crosses_90_at`.
+
+    Without history.json's `cpu`, as a run saved before it was recorded: plot.py reads those."""
     iters = list(range(50, 1001, 50))
     acc = [0.5 + 0.4 * min(1.0, it / crosses_90_at) - (0.001 if it < crosses_90_at else 0)
            for it in iters]
@@ -81,6 +83,19 @@ def test_plot_writes_every_figure_and_the_table(two_runs, tmp_path, tiny_mnist, 
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "| MLP with BN | 300 |" in (out / "table.md").read_text()
     assert "| MLP with BN | 300 |" in capsys.readouterr().out
+
+
+def test_by_default_every_run_under_runs_is_drawn_into_runs_figures(two_runs, tmp_path,
+                                                                     monkeypatch):
+    """Not into figures/: the committed record changes only through an explicit --figures."""
+    monkeypatch.chdir(tmp_path)   # no MNIST in ./data: the confusion figures (tested above) skip
+    (tmp_path / "runs").mkdir()
+    for run in two_runs:
+        run.rename(tmp_path / "runs" / run.name)
+    plot.main([])
+    drawn = {path.name for path in (tmp_path / "runs" / "figures").iterdir()}
+    assert {"mlp_bn_vs_no_bn.png", "table.md"} <= drawn
+    assert not (tmp_path / "figures").exists()
 
 
 def test_plot_without_runs_is_a_clear_error(tmp_path, monkeypatch, capsys):

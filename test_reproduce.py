@@ -1,5 +1,7 @@
 """reproduce.py on the tiny IDX data: the five runs and plot.py end to end, skipping what is
-done, resuming what was interrupted, refusing to overwrite a run with another config."""
+done, resuming what was interrupted, refusing to overwrite a run with another config; the
+report_runs.json and README table it makes of them; the record (results/, figures/) written by
+the full runs only."""
 import json
 import signal
 import subprocess
@@ -8,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import plot
 import plumbing
@@ -74,6 +77,9 @@ def reproduce_here(argv):
 
 def test_epochs_1_runs_all_five_then_plots_and_a_second_call_skips_them(
         tiny_mnist, tmp_path, capsys, monkeypatch, in_process):
+    here = tmp_path / "cwd"   # the working directory: a quick check writes nothing into it
+    here.mkdir()
+    monkeypatch.chdir(here)
     argv = reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "1")[2:]
     reproduce_here(argv)
     runs = tmp_path / "epochs_1"   # a folder of its own, never mixed with the full runs
@@ -85,14 +91,109 @@ def test_epochs_1_runs_all_five_then_plots_and_a_second_call_skips_them(
     assert (runs / "figures" / "cnn_bn_vs_no_bn.png").exists()
     out = capsys.readouterr().out
     assert "[5/5]" in out and "wall time" in out
+    summary = json.loads((runs / "report_runs.json").read_text())
+    assert report_table_of(summary) in table   # the table under plot.py's is report_table's
+    assert list(here.iterdir()) == []          # no results/, no figures/: the record untouched
 
     # a second call skips every finished run and trains nothing again
     commands = []   # the second call's commands, recorded: plot.py was drawn above already
     monkeypatch.setattr(reproduce, "run_one", lambda command, stop_message: commands.append(command))
-    reproduce_here(argv)
+    reproduce_here(argv + ["--experiments"])
     out = capsys.readouterr().out
     assert out.count("already finished") == 5 and "another config" not in out
-    assert [command[1] for command in commands] == ["plot.py"]   # nothing trained again
+    assert [command[1] for command in commands] == ["plot.py", "experiments.py"]   # no training
+    experiments = commands[1]   # a quick check's studies: --quick, into the runs' folder too
+    assert "--quick" in experiments and str(runs / "experiments") in experiments
+    assert experiments[experiments.index("--figures") + 1] == str(runs / "figures")
+    assert list(here.iterdir()) == []
+
+
+def report_table_of(summary):
+    """reproduce.report_table, checked against the summary it renders: a row per run with its
+    numbers, and the line naming this machine."""
+    table = reproduce.report_table(summary)
+    for entry in summary["runs"].values():
+        row = next(line for line in table.splitlines() if f"`{entry['command']}`" in line)
+        assert f"{entry['final_test_acc']:.2%} ({entry['best_test_acc']:.2%})" in row
+        assert f"| {entry['report']} | {entry['epochs']} |" in row
+    assert f"Trained on {plumbing.cpu_name()} with 1 thread;" in table   # conftest's one thread
+    return table
+
+
+def test_report_runs_json_holds_each_runs_numbers_from_its_history(
+        tiny_mnist, tmp_path, capsys, in_process_plot_recorded):
+    reproduce_here(reproduce_cmd(tiny_mnist, tmp_path, "--epochs", "1")[2:])
+    runs = tmp_path / "epochs_1"
+    summary = json.loads((runs / "report_runs.json").read_text())
+    wall_times = json.loads((runs / "wall_times.json").read_text())
+    assert set(summary) == {"provenance", "runs"}
+    assert set(summary["provenance"]) == {"command", "torch", "python", "date"}
+    assert summary["provenance"]["torch"] == torch.__version__
+    assert "--epochs 1" in summary["provenance"]["command"]
+    assert list(summary["runs"]) == ["mlp", "mlp_bn", "cnn", "cnn_bn", "resnet_bn"]
+    commands = {"mlp": "python mlp.py", "mlp_bn": "python mlp.py --bn", "cnn": "python cnn.py",
+                "cnn_bn": "python cnn.py --bn", "resnet_bn": "python resnet.py"}
+    for label, entry in summary["runs"].items():
+        history = json.loads((runs / label / "history.json").read_text())
+        assert entry == {
+            "command": f"{commands[label]} --epochs 1", "report": reproduce.REPORT[label],
+            "epochs": 1, "params": history["params"],
+            "final_test_acc": round(history["test"]["acc"][-1], 4),
+            "best_test_acc": round(history["best_test_acc"], 4),
+            "final_test_loss": float(f"{history['test']['loss'][-1]:.4g}"),
+            "iterations_to_90_train_acc": plot.converge_iteration(history, 0.90),
+            "iterations_to_98_train_acc": plot.converge_iteration(history, 0.98),
+            "train_time_s": round(history["train_time_s"]),
+            "wall_time_s": round(wall_times[label]),
+            "device": "cpu", "cpu": plumbing.cpu_name(), "threads": history["threads"]}
+    report_table_of(summary)
+
+
+def synthetic_entry(command, **changes):
+    """A run's entry of report_runs.json, with made-up numbers, `changes` replacing some."""
+    entry = {"command": command, "report": "97.6%, 14 min", "epochs": 20, "params": 109_184,
+             "final_test_acc": 0.9849, "best_test_acc": 0.9861, "final_test_loss": 0.06081,
+             "iterations_to_90_train_acc": 150, "iterations_to_98_train_acc": 3200,
+             "train_time_s": 93, "wall_time_s": 103, "device": "cpu",
+             "cpu": "AMD EPYC (family 25, model 17), AVX512", "threads": 2}
+    return dict(entry, **changes)
+
+
+def test_report_table_renders_every_column_and_names_runs_only_where_machines_differ():
+    summary = {"provenance": {"torch": "2.14.1"}, "runs": {
+        "mlp": synthetic_entry("python mlp.py"),
+        "cnn": synthetic_entry("python cnn.py", iterations_to_98_train_acc=None,
+                               wall_time_s=None)}}
+    lines = reproduce.report_table(summary).splitlines()
+    assert lines[0].startswith("| command | report | epochs | ours: final (best) test accuracy |")
+    assert lines[2] == ("| `python mlp.py` | 97.6%, 14 min | 20 | 98.49% (98.61%) | 3,200 "
+                        "| 1 min 33 s (1 min 43 s) |")
+    assert lines[3].endswith("| never | 1 min 33 s |")   # never reached 98%; no wall time kept
+    assert lines[-1] == ("Trained on AMD EPYC (family 25, model 17), AVX512 with 2 threads; "
+                         "torch 2.14.1.")
+    summary["runs"]["cnn"].update(cpu=None, threads=1)   # a run saved before `cpu` was recorded
+    assert reproduce.report_table(summary).splitlines()[-1] == (
+        "Trained on AMD EPYC (family 25, model 17), AVX512 with 2 threads (mlp); "
+        "a CPU not recorded with 1 thread (cnn); torch 2.14.1.")
+
+
+def test_the_full_runs_name_the_record_and_a_quick_check_its_own_folder(tmp_path):
+    full = reproduce.parse_args(["--out", str(tmp_path), "--jobs", "3"])
+    assert (full.figures, full.results) == (Path("figures"), Path("results"))
+    command = reproduce.experiments_command(full)
+    assert command[:3] == ["python", "experiments.py", "all"] and "--quick" not in command
+    for flag, value in (("--out", "results"), ("--figures", "figures"), ("--jobs", "3")):
+        assert command[command.index(flag) + 1] == value
+    # without --jobs, experiments.py's own default (the cores on a CPU, 1 on a GPU) decides
+    assert "--jobs" not in reproduce.experiments_command(reproduce.parse_args([]))
+
+    quick = reproduce.parse_args(["--out", str(tmp_path), "--epochs", "2"])
+    assert quick.figures == tmp_path / "epochs_2" / "figures"
+    assert quick.results == tmp_path / "epochs_2"
+    command = reproduce.experiments_command(quick)
+    assert "--quick" in command and "--jobs" not in command
+    assert command[command.index("--out") + 1] == str(tmp_path / "epochs_2" / "experiments")
+    assert command[command.index("--figures") + 1] == str(quick.figures)
 
 
 def test_an_interrupted_run_is_resumed_and_another_config_is_left_alone(
@@ -131,6 +232,9 @@ def test_an_interrupted_run_is_resumed_and_another_config_is_left_alone(
     assert resumed["test"]["epoch"] == [1, 2]
     plotted = in_process_plot_recorded[0]   # the finished runs only, the other one left out
     assert str(runs[0].out) in plotted and str(runs[1].out) not in plotted
+    # four runs finished: no report_runs.json, which would lack one
+    assert "report_runs.json not written: 4 of 5 runs finished" in out
+    assert not (tmp_path / "epochs_2" / "report_runs.json").exists()
 
 
 def test_ctrl_c_stops_the_run_in_flight_and_says_how_to_continue(tiny_mnist, tmp_path, repo):

@@ -11,12 +11,13 @@ import torchvision
 
 import cnn
 import mlp
+import plumbing
 import registry
 import resnet
 import solver
 
-HISTORY_KEYS = {"model", "norm", "params", "config", "device", "threads", "train", "test",
-                "epoch_time_s", "train_time_s", "best_test_acc"}   # the interface other tools read
+HISTORY_KEYS = {"model", "norm", "params", "config", "device", "threads", "cpu", "train",
+                "test", "epoch_time_s", "train_time_s", "best_test_acc"}   # what other tools read
 
 
 # ----------------------------------------------------------------------------- data
@@ -179,6 +180,7 @@ def test_short_run_writes_history_and_checkpoint(tiny_mnist, tmp_path, train):
     assert set(history) == HISTORY_KEYS                               # exactly the keys
     assert history["model"] == "cnn" and history["params"] == 2_174
     assert history["norm"] == "bn" and history["threads"] == torch.get_num_threads()
+    assert history["cpu"] == plumbing.cpu_name()
     assert history["config"]["batch_size"] == 50 and history["device"] == "cpu"
     assert history["train"]["iter"] == list(range(1, 13))             # 6 steps per epoch, disp_freq 1
     assert len(history["train"]["loss"]) == len(history["train"]["acc"]) == 12

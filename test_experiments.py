@@ -151,6 +151,38 @@ def test_population_statistics_differ_from_the_momentum_estimates(quick_run):
     assert small["batch"] == [2, 4, 8] and all(len(seeds) == 1 for seeds in small["running_acc"])
 
 
+def test_population_and_momentum_record_outcomes_and_leave_failed_runs_out(quick_run):
+    from studies import momentum as momentum_page, population as population_page
+    population = copy.deepcopy(quick_run[0]["population"])
+    verdicts = ("ok", "failed", "diverged")
+    for record in population["models"].values():
+        assert len(record["outcome"]) == len(record["population_outcome"]) == 1
+        assert set(record["outcome"] + record["population_outcome"]) <= set(verdicts)
+    small = population["small_batches"]["mlp"]
+    assert all(len(seeds) == 1 and seeds[0] in verdicts
+               for seeds in small["outcome"] + small["population_outcome"])
+    # a failed run's numbers are in no mean: the table counts it instead
+    population["models"]["mlp"]["outcome"] = ["failed"]
+    row = next(line for line in population_page.table(population).splitlines()
+               if line.startswith("| mlp | epoch 1 |"))
+    assert row.startswith("| mlp | epoch 1 | 1 failed |") and "not compared: 0 of 1 ok" in row
+
+    momentum = copy.deepcopy(quick_run[0]["momentum"])
+    runs = {(r["batch"], r["seed"], r["momentum"]): r for r in momentum["runs"]}
+    assert all(p["outcomes"] == [runs[p["batch"], p["seed"], m]["outcome"] for m in (0.9, 0.1)]
+               for p in momentum["paired"])
+    runs[8, 0, 0.1]["outcome"] = "failed"   # the pair's other arm stays ok
+    next(p for p in momentum["paired"] if p["batch"] == 8)["outcomes"][1] = "failed"
+    accuracy, steps = momentum_page.table(momentum).split("\n\n")
+    row = next(line for line in accuracy.splitlines() if line.startswith("| 8 |"))
+    assert row.endswith("| 1 failed | not compared: 0 of 1 ok |")
+    row = next(line for line in steps.splitlines() if line.startswith("| 8 |"))
+    high_std = f"{runs[8, 0, 0.9]['running_mean_std']:.3f}"
+    assert row.split(" | ")[2:7] == ["-", "not compared: 0 of 1 ok", "-", "-",
+                                    f"{high_std} / - |"]   # shares: over pairs both ok
+    plt.close(momentum_page.draw(momentum)[0])
+
+
 def test_detach_shows_the_bias_gradient_is_zero_only_with_the_true_gradient(quick_run):
     arms = quick_run[0]["detach"]["arms"]
     ratios = lambda arm: [b / w for bs, ws in zip(arm["bias_grad"], arm["weight_grad"])

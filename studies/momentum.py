@@ -8,7 +8,8 @@ import torch
 import batchnorm
 import mlp
 import solver
-from studies.common import first_images, markdown_table, module_input
+from studies.common import (compare, first_images, markdown_table, module_input, ok_values,
+                            seeds_cell, show_seeds)
 
 NAME = "momentum"
 QUESTION = "the momentum convention mix-up (0.9 here is 0.1 in torch)"
@@ -68,20 +69,32 @@ def train_one(study, job):
 
 
 def pair(high, low):
-    """The paired numbers of the arms 0.9 (`high`) and 0.1 (`low`) of one batch size and seed."""
+    """The paired numbers of the arms 0.9 (`high`) and 0.1 (`low`) of one batch size and seed,
+    and both arms' outcomes (their evaluations differ, so may their verdicts)."""
     gaps = [a - b for a, b in zip(high["test_acc"], low["test_acc"])]
     share = lambda hits: sum(hits) / len(gaps) if gaps else None
     return {"trained_identically": torch.equal(torch.tensor(high["train_loss"]),
                                                torch.tensor(low["train_loss"])),
+            "outcomes": [high["outcome"], low["outcome"]],
             "mean_gap": share(gaps),                  # 0.9 minus 0.1
             "share_09_wins": share(g > 0 for g in gaps),
             "share_ties": share(g == 0 for g in gaps)}
 
 
+def summarize(run):
+    """One run's summary: its test accuracy averaged over the recorded last steps, and the
+    standard deviation of its running mean over them."""
+    return {"last_steps_acc": sum(run["test_acc"]) / len(run["test_acc"]) if run["test_acc"]
+            else None,
+            "running_mean_std": torch.tensor(run["running_mean"]).std().item()
+            if len(run["running_mean"]) > 1 else None}
+
+
 def assemble(study, jobs, results):
-    """Every run's record (its per-step losses are compared, not kept) and each pair's gap."""
-    runs = [{**{k: v for k, v in result.items() if k != "train_loss"}, "batch": job["batch"],
-             "momentum": job["momentum"], "seed": job["seed"]}
+    """Every run's record (its per-step losses are compared, not kept) with its summary, and
+    each pair's gap."""
+    runs = [{**{k: v for k, v in result.items() if k != "train_loss"}, **summarize(result),
+             "batch": job["batch"], "momentum": job["momentum"], "seed": job["seed"]}
             for job, result in zip(jobs, results)]
     by_arm = {(job["batch"], job["seed"], job["momentum"]): result
               for job, result in zip(jobs, results)}
@@ -91,36 +104,63 @@ def assemble(study, jobs, results):
     return {"last_steps": settings(study)[0], "runs": runs, "paired": paired}
 
 
+def arms_of(results, size):
+    """{momentum: {key: list over seeds}} of the runs at batch `size`, in seed order."""
+    arms = {}
+    for run_ in sorted((r for r in results["runs"] if r["batch"] == size),
+                       key=lambda r: r["seed"]):
+        arm = arms.setdefault(run_["momentum"], {})
+        for key in ("outcome", "final_test_acc", "last_steps_acc", "running_mean_std"):
+            arm.setdefault(key, []).append(run_[key])
+    return arms
+
+
 def table(results):
-    def percent(value, form):
-        return "-" if value is None else format(value, form)
-
-    def running_std(p):
-        return " / ".join(f"{torch.tensor(r['running_mean']).std().item():.3f}"
-                          for r in results["runs"]
-                          if r["batch"] == p["batch"] and r["seed"] == p["seed"])
-
-    def outcomes(p):
-        return " / ".join(r["outcome"] for r in results["runs"]
-                          if r["batch"] == p["batch"] and r["seed"] == p["seed"])
-
-    return markdown_table(
-        ["batch", "seed", "outcome, 0.9 / 0.1", "trained identically", "mean gap (0.9 - 0.1)",
-         "0.9 wins", "ties", "running mean std, 0.9 / 0.1"],
-        [(p["batch"], p["seed"], outcomes(p), p["trained_identically"],
-          percent(p["mean_gap"], "+.2%"), percent(p["share_09_wins"], ".0%"),
-          percent(p["share_ties"], ".0%"), running_std(p))
-         for p in results["paired"]])
+    """Per batch size, each momentum's final test accuracy, its accuracy over the last steps
+    and the spread of its running mean, over its ok seeds (the others counted); the effect
+    rule on 0.9 against 0.1 for both accuracies; and over the pairs whose arms are both ok, the
+    share of steps where 0.9 is ahead or level."""
+    last = results["last_steps"]
+    accuracy, steps = [], []
+    for size in sorted({r["batch"] for r in results["runs"]}, reverse=True):
+        arms, pairs = arms_of(results, size), [p for p in results["paired"]
+                                               if p["batch"] == size]
+        high, low = arms[0.9], arms[0.1]
+        both = [p for p in pairs if p["outcomes"] == ["ok", "ok"]]
+        identical = sum(p["trained_identically"] for p in pairs)
+        accuracy.append((size, f"{identical} of {len(pairs)}",
+                         seeds_cell(high["final_test_acc"], high["outcome"]),
+                         seeds_cell(low["final_test_acc"], low["outcome"]),
+                         compare(low["final_test_acc"], high["final_test_acc"], low["outcome"],
+                                 high["outcome"])[1]))
+        steps.append((size, show_seeds(ok_values(high["last_steps_acc"], high["outcome"])),
+                      show_seeds(ok_values(low["last_steps_acc"], low["outcome"])),
+                      compare(low["last_steps_acc"], high["last_steps_acc"], low["outcome"],
+                              high["outcome"])[1],
+                      show_seeds([p["share_09_wins"] for p in both], ".0%"),
+                      show_seeds([p["share_ties"] for p in both], ".0%"),
+                      " / ".join(show_seeds(ok_values(arm["running_mean_std"], arm["outcome"]),
+                                            ".3f") for arm in (high, low))))
+    return "\n".join([
+        markdown_table(["batch", "pairs trained identically", "final test acc, 0.9",
+                        "final test acc, 0.1", "0.9 - 0.1"], accuracy),
+        markdown_table(["batch", f"test acc over the last {last} steps, 0.9", "0.1",
+                        "0.9 - 0.1", "steps 0.9 ahead", "steps level",
+                        "running mean std, 0.9 / 0.1"], steps)])
 
 
 def draw(results):
     """The figure from momentum.json's numbers (also `experiments.py momentum --redraw`)."""
     sizes = sorted({r["batch"] for r in results["runs"]}, reverse=True)
-    last, first_seed = results["last_steps"], results["provenance"]["seeds"][0]
+    last = results["last_steps"]
     fig, axes = plt.subplots(2, len(sizes), figsize=(12, 6.5), squeeze=False)
     for column, size in enumerate(sizes):
+        pairs = [p for p in results["paired"] if p["batch"] == size]
+        shown = next((p for p in pairs if p["outcomes"] == ["ok", "ok"]), pairs[0])
+        first_seed = shown["seed"]   # one seed's steps: the first whose two arms are ok
         for run_ in [r for r in results["runs"] if r["batch"] == size and r["seed"] == first_seed]:
-            label = f"momentum {run_['momentum']} (torch: {1 - run_['momentum']:.1f})"
+            label = (f"momentum {run_['momentum']} (torch: {1 - run_['momentum']:.1f})"
+                     + ("" if run_["outcome"] == "ok" else f", {run_['outcome']}"))
             color = COLORS[run_["momentum"]]
             axes[0][column].plot(run_["step"], run_["test_acc"], color=color, label=label)
             axes[1][column].plot(run_["step"], run_["running_mean"], color=color,

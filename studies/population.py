@@ -10,14 +10,15 @@ import batchnorm
 import cnn
 import mlp
 import solver
-from studies.common import first_images, markdown_table, show_seeds
+from studies.common import compare, first_images, markdown_table, outcome, seeds_cell
 
 NAME = "population"
 QUESTION = "momentum running estimates against population statistics"
 FIGURES = ("population_statistics.png",)
 SCRIPTS = {"mlp": mlp, "cnn": cnn}
 SMALL_BATCHES = [2, 4, 8]
-COMPARED = ("running_acc", "population_acc", "gaps")   # what compare() returns, in order
+COMPARED = ("running_acc", "population_acc", "gaps")   # what evaluate_both() returns, in order
+VERDICTS = ("outcome", "population_outcome")   # the failure rule, as trained and recalibrated
 
 
 def estimate_gaps(running, population):
@@ -32,12 +33,17 @@ def estimate_gaps(running, population):
     return gaps
 
 
-def compare(model, train_x, test_x, test_y, batch_size):
-    """(running acc, population acc, gaps): the model as trained, and a recalibrated copy from
-    the whole training set in batches of the training batch size."""
+def recalibrated(model, train_x, batch_size):
+    """A copy of the model with population statistics from the whole training set in batches
+    of the training batch size (the BN paper's Algorithm 2)."""
     population = copy.deepcopy(model)
     batchnorm.recalibrate(population, train_x[: len(train_x) // batch_size * batch_size]
                           .split(batch_size))
+    return population
+
+
+def evaluate_both(model, population, test_x, test_y):
+    """(running acc, population acc, gaps): the model as trained, and its recalibrated copy."""
     return (solver.evaluate(model, test_x, test_y)[1],
             solver.evaluate(population, test_x, test_y)[1],
             estimate_gaps(batchnorm.batchnorm_layers(model),
@@ -63,35 +69,60 @@ def trainings(study):
 
 
 def train_one(study, job):
-    """{"running_acc", "population_acc", "gaps"}: lists over epochs at batch 100; at a small
-    batch (one epoch, the rate scaled with the batch as in `batch`), the one comparison."""
+    """{"running_acc", "population_acc", "gaps"}: lists over epochs at batch 100 (taken as each
+    epoch's last window closes); at a small batch (one epoch, the rate scaled with the batch as
+    in `batch`), the one comparison. Under the failure rule (Study.train): "outcome", the run
+    as trained (its running estimates), and "population_outcome", its recalibrated copy at the
+    end (the rule on the copy, with the run's last training loss). A diverged run has no
+    numbers after its last finished epoch (None)."""
     name, size = job["network"], job["batch"]
     data = data_of(study)
     train_x, _, test_x, test_y = data
     model = study.model(lambda: SCRIPTS[name].build_model("bn"), job["seed"])
-    if size in SMALL_BATCHES:
+    small = size in SMALL_BATCHES
+    if small:
         config = study.config(batch_size=size, learning_rate=0.1 * size / 100,
                               disp_freq=max(1, 5000 // size))
-        study.fit(model, config, data=data, seed=job["seed"])
-        return dict(zip(COMPARED, compare(model, train_x, test_x, test_y, size)))
+    else:
+        config = study.config(max_epoch=epochs_of(study))
+    steps_per_epoch = len(train_x) // config["batch_size"]
     per_epoch = {key: [] for key in COMPARED}
+    last = {}
 
-    def on_epoch(epoch, lr):
-        for key, value in zip(COMPARED, compare(model, train_x, test_x, test_y, size)):
-            per_epoch[key].append(value)
+    def on_window(iteration, model):   # at an epoch's end, as solver.train's on_epoch would be
+        if not small and iteration % steps_per_epoch == 0:
+            last["population"] = recalibrated(model, train_x, size)
+            for key, value in zip(COMPARED, evaluate_both(model, last["population"], test_x,
+                                                          test_y)):
+                per_epoch[key].append(value)
 
-    study.fit(model, study.config(max_epoch=epochs_of(study)), on_epoch=on_epoch, data=data,
-              seed=job["seed"])
-    return per_epoch
+    history, verdict, _ = study.train(model, config, job["seed"], on_window=on_window,
+                                      data=data)
+    if verdict == "diverged":
+        result = {key: None for key in COMPARED} if small else {
+            key: values + [None] * (config["max_epoch"] - len(values))
+            for key, values in per_epoch.items()}
+        return {**result, "outcome": verdict, "population_outcome": verdict}
+    if small:
+        last["population"] = recalibrated(model, train_x, size)
+        result = dict(zip(COMPARED, evaluate_both(model, last["population"], test_x, test_y)))
+    else:
+        result = per_epoch
+    population_verdict = outcome(last["population"], test_x, test_y,
+                                 history["train"]["loss"][-1])[0]
+    return {**result, "outcome": verdict, "population_outcome": population_verdict}
 
 
 def assemble(study, jobs, results):
+    """Per network at batch 100, and per small batch, every number and verdict as a list over
+    seeds (at batch 100 each number per seed a list over epochs)."""
     epochs = epochs_of(study)
-    models = {name: {"epoch": list(range(1, epochs + 1)), **{key: [] for key in COMPARED}}
-              for name in SCRIPTS}
-    small = {"batch": SMALL_BATCHES, **{key: [[] for _ in SMALL_BATCHES] for key in COMPARED}}
+    models = {name: {"epoch": list(range(1, epochs + 1)),
+                     **{key: [] for key in COMPARED + VERDICTS}} for name in SCRIPTS}
+    small = {"batch": SMALL_BATCHES,
+             **{key: [[] for _ in SMALL_BATCHES] for key in COMPARED + VERDICTS}}
     for job, result in zip(jobs, results):
-        for key in COMPARED:
+        for key in COMPARED + VERDICTS:
             if job["batch"] in SMALL_BATCHES:
                 small[key][SMALL_BATCHES.index(job["batch"])].append(result[key])
             else:
@@ -100,43 +131,82 @@ def assemble(study, jobs, results):
 
 
 def table(results):
+    """Per network and epoch at batch 100, and per small batch: test accuracy with the running
+    estimates and with population statistics over the ok seeds (each under its own verdict,
+    the others counted), and the effect rule on population - running (paired by seed)."""
+    def row(name, when, running, population, verdicts, population_verdicts):
+        return (name, when, seeds_cell(running, verdicts),
+                seeds_cell(population, population_verdicts),
+                compare(running, population, verdicts, population_verdicts)[1])
+
     small = results["small_batches"]["mlp"]
-    largest = lambda pops, runs: f"{max(abs(p - r) for p, r in zip(pops, runs)):.2%}"
-    rows = [(name, f"epoch {e}", show_seeds([r[i] for r in rec["running_acc"]]),
-             show_seeds([p[i] for p in rec["population_acc"]]),
-             largest([p[i] for p in rec["population_acc"]], [r[i] for r in rec["running_acc"]]))
+    rows = [row(name, f"epoch {e}", [r[i] for r in rec["running_acc"]],
+                [p[i] for p in rec["population_acc"]], rec["outcome"], rec["population_outcome"])
             for name, rec in results["models"].items() for i, e in enumerate(rec["epoch"])]
-    rows += [("mlp", f"batch {size}", show_seeds(small["running_acc"][i]),
-              show_seeds(small["population_acc"][i]),
-              largest(small["population_acc"][i], small["running_acc"][i]))
+    rows += [row("mlp", f"batch {size}", small["running_acc"][i], small["population_acc"][i],
+                 small["outcome"][i], small["population_outcome"][i])
              for i, size in enumerate(small["batch"])]
     return markdown_table(["model", "when", "test acc, running", "test acc, population",
-                           "largest |difference| over seeds"], rows)
+                           "population - running"], rows)
+
+
+def draw_seed(ax, xs, ys, verdict, marked, name, **style):
+    """One seed's line: solid where its run is ok; dotted, ending in its marker (v failed,
+    x diverged), where not (never part of a mean); in the legend once per `name` and kind on
+    each axis (`marked`: those already there)."""
+    points = [(x, y) for x, y in zip(xs, ys) if y is not None]
+    if not points:
+        return
+    first = (ax, name, verdict) not in marked
+    marked.add((ax, name, verdict))
+    if verdict == "ok":
+        ax.plot(*zip(*points), **style, label=name if first else None)
+        return
+    ax.plot(*zip(*points), **{**style, "ls": ":", "marker": None})
+    ax.plot(*points[-1], "v" if verdict == "failed" else "x", color=style["color"], ms=8,
+            ls="none", label=f"{name}: a {verdict} run" if first else None)
 
 
 def draw(results):
-    """The figure from population.json's numbers (also `experiments.py population --redraw`)."""
+    """The figure from population.json's numbers (also `experiments.py population --redraw`):
+    each seed a line or square of its own; one whose run or recalibrated copy failed or
+    diverged dotted and marked (v, x)."""
     small = results["small_batches"]["mlp"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     styles = {"mlp": "tab:blue", "cnn": "tab:purple"}
+    marked = set()
     for name, record in results["models"].items():
-        differences = [[p - r for p, r in zip(pops, runs)]
-                       for pops, runs in zip(record["population_acc"], record["running_acc"])]
-        for seed_diff in differences:
-            axes[0].plot(record["epoch"], seed_diff, "o-", color=styles[name], alpha=0.6,
-                         label=f"{name}, batch 100" if seed_diff is differences[0] else None)
-        for layer in range(len(record["gaps"][0][0])):
+        verdicts = [a if a != "ok" else b
+                    for a, b in zip(record["outcome"], record["population_outcome"])]
+        for s, (pops, runs) in enumerate(zip(record["population_acc"], record["running_acc"])):
+            draw_seed(axes[0], record["epoch"],
+                      [None if None in (p, r) else p - r for p, r in zip(pops, runs)],
+                      verdicts[s], marked, f"{name}, batch 100", color=styles[name],
+                      alpha=0.6, marker="o")
+        layers = max((len(g) for gaps in record["gaps"] for g in gaps if g), default=0)
+        for layer in range(layers):
             for quantity, axis in (("var", axes[1]), ("mean", axes[2])):
                 for s, gaps in enumerate(record["gaps"]):
-                    axis.plot(record["epoch"], [g[layer][quantity] for g in gaps],
-                              "o-" if layer == 0 else "s--", color=styles[name], alpha=0.8,
-                              label=f"{name} BN {layer + 1}" if s == 0 else None)
+                    draw_seed(axis, record["epoch"],
+                              [g[layer][quantity] if g else None for g in gaps],
+                              record["outcome"][s], marked, f"{name} BN {layer + 1}",
+                              color=styles[name], alpha=0.8,
+                              marker="o" if layer == 0 else "s",
+                              ls="-" if layer == 0 else "--")
     for i, size in enumerate(small["batch"]):
-        diffs = [p - r for p, r in zip(small["population_acc"][i], small["running_acc"][i])]
-        axes[0].scatter([0.4 + 0.2 * i] * len(diffs), diffs, marker="s", color="tab:red",
-                        label="mlp, one epoch at batch 2, 4, 8 (left to right)" if i == 0 else None)
+        for s, (p, r) in enumerate(zip(small["population_acc"][i], small["running_acc"][i])):
+            verdicts = (small["outcome"][i][s], small["population_outcome"][i][s])
+            if None in (p, r):
+                continue
+            kind = "ok" if verdicts == ("ok", "ok") else "failed"   # or diverged: no numbers
+            axes[0].scatter([0.4 + 0.2 * i], [p - r], color="tab:red",
+                            marker="s" if kind == "ok" else "v",
+                            label=None if (kind, "small") in marked else
+                            "mlp, one epoch at batch 2, 4, 8 (left to right)"
+                            + ("" if kind == "ok" else ": a failed run"))
+            marked.add((kind, "small"))
     axes[0].axhline(0, color="k", lw=0.6)
-    axes[0].set(xlabel="epoch (the squares: one epoch at a small batch)",
+    axes[0].set(xlabel="epoch (the squares: one epoch at a small batch; v: a failed run)",
                 ylabel="population minus running (test accuracy)",
                 title="accuracy: population statistics - running estimates")
     axes[1].set(xlabel="epoch", ylabel="mean |running / population - 1|", yscale="log",
@@ -147,5 +217,6 @@ def draw(results):
         ax.set_xticks(range(1, results["epochs"] + 1))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Momentum estimates against population statistics (each line or square: a seed)")
+    fig.suptitle("Momentum estimates against population statistics (each line or square: a seed; "
+                 "dotted and marked v or x: a failed or diverged run)")
     return [fig]

@@ -27,15 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 import plumbing
-import solver
 from studies import (batch, detach, diagnostics, figure1, ics, init_scale, lr, momentum, noisy,
                      placement, population, small_batch, smoothness)
 from studies import replication, tables
-from studies.common import Study, first_images
-from studies.runner import record_writer, run_study, save_figures
+from studies.runner import make_study, record_writer, run_study, save_figures
 
 PAGES = (figure1, lr, batch, momentum, init_scale, population, detach, small_batch, placement,
          diagnostics, noisy, ics, smoothness)
@@ -133,17 +130,6 @@ def parse_args(argv=None):
     elif args.figures is None and not args.quick:
         args.figures = "runs/figures"
     return args
-
-
-def make_study(args):
-    """The Study that parse_args' `args` describe: threads, device, the data (a slice of it
-    with --quick). Worker processes make theirs with this too."""
-    torch.set_num_threads(args.threads)   # recorded in each study's provenance
-    device = plumbing.pick_device(args.device)
-    data = solver.load_mnist(args.data_dir, device)
-    if args.quick:   # a slice of MNIST: seconds, not minutes
-        data = first_images(data, 1200, 1000)
-    return Study(args, data)
 
 
 def run_studies(args):

@@ -17,6 +17,7 @@ result goes through JSON before assemble() sees it, whether it came from a worke
 or a file.
 """
 import hashlib
+import importlib
 import json
 import math
 import multiprocessing
@@ -33,6 +34,8 @@ import torch
 import plot
 import plumbing
 import registry
+import solver
+from studies.common import Study, first_images
 
 SIGNIFICANT = 5   # digits kept of every float in a study's JSON: tables print at most 4
 
@@ -209,7 +212,7 @@ def trainings_done(page, study, jobs, todo):
     context = multiprocessing.get_context("spawn")
     pool = context.Pool(workers, initializer=start_worker, initargs=(study.args,))
     try:
-        tasks = [(page.NAME, index, jobs[index]) for index in todo]
+        tasks = [(page.__name__, index, jobs[index]) for index in todo]
         for index, result in pool.imap_unordered(train_in_worker, tasks):
             yield index, result
         pool.close()
@@ -225,11 +228,20 @@ def start_worker(args):
     """A worker: Ctrl-C is the parent's to handle; the same threads, device and data."""
     global _worker_study
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import experiments   # here, not at the top: experiments imports this module
-    _worker_study = experiments.make_study(args)
+    _worker_study = make_study(args)
 
 
 def train_in_worker(task):
-    name, index, job = task
-    import experiments
-    return index, as_json(experiments.STUDIES[name].train_one(_worker_study, job))
+    page_module, index, job = task
+    return index, as_json(importlib.import_module(page_module).train_one(_worker_study, job))
+
+
+def make_study(args):
+    """The Study that experiments.py's arguments describe: threads, device, the data (a slice
+    of it with --quick). The worker processes make theirs with this too."""
+    torch.set_num_threads(args.threads)   # recorded in each study's provenance
+    device = plumbing.pick_device(args.device)
+    data = solver.load_mnist(args.data_dir, device)
+    if args.quick:   # a slice of MNIST: seconds, not minutes
+        data = first_images(data, 1200, 1000)
+    return Study(args, data)

@@ -16,9 +16,12 @@ interrupted study), then saves <out>/<study>.json, draws its figures into --figu
 its table. Every training is seeded: the same command gives the same numbers on the same CPU
 type and thread count, for any --jobs.
 
+Unless a study says otherwise, training uses the report's SGD (momentum 0.9, weight decay 1e-4)
+at a constant rate on the report's MLP.
+
 The committed record (results/, figures/, the tables in README.md and docs/studies.md) changes
-only when asked: by an explicit --out/--figures, --redraw or --tables, or by reproduce.py. Unless a study says otherwise, training
-uses the report's SGD (momentum 0.9, weight decay 1e-4) at a constant rate on the report's MLP.
+only when asked: by an explicit --out/--figures, --redraw or --tables, or by reproduce.py.
+    python experiments.py --replication ../shared/replication   # results/ beside another CPU's
 """
 import argparse
 import json
@@ -26,7 +29,6 @@ import os
 import sys
 import time
 from pathlib import Path
-
 
 import plumbing
 from studies import (batch, detach, diagnostics, figure1, ics, init_scale, lr, momentum, noisy,

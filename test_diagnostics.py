@@ -136,19 +136,30 @@ def test_the_quick_study_records_six_networks_step_by_step(quick_run):
             r = record[arm]
             assert len(r["outcome"]) == len(r["test_acc"]) == len(r["start"]) == len(seeds)
             assert all(o in ("ok", "failed", "diverged") for o in r["outcome"])
-            for outcome, done, ratios, start, end in zip(r["outcome"], r["steps_done"],
-                                                        r["log10_update_ratio"], r["start"],
-                                                        r["end"]):
-                assert len(ratios) == n_hidden + 1 == len(r["weights"])   # and the output layer
+            ratios = r["log10_update_ratio"]
+            assert len(r["weights"]) == n_hidden + 1 == len(ratios["ok_mean"])   # and the output
+            assert ratios["every"] == 1 and ratios["step"] == list(range(1, steps + 1))
+            for k, (outcome, done, start, end) in enumerate(zip(r["outcome"], r["steps_done"],
+                                                               r["start"], r["end"])):
                 if outcome != "diverged":
                     assert done == steps and end is not None
-                    assert all(len(layer) == steps for layer in ratios)
-                    assert all(math.isfinite(v) for layer in ratios for v in layer)
+                assert len(ratios["last"][k]) == n_hidden + 1
                 for diag in (start, end):
                     assert len(diag["layers"]) == n_hidden
-                    assert all(sum(l["activation"]["counts"]) == results["probe_images"]
-                               * l["units"] for l in diag["layers"])
                     assert all(math.isfinite(l["grad_to_weight"]) for l in diag["layers"])
+                    # histograms only where layer_health.png draws them, as it draws them
+                    drawn = name == diagnostics.DRAWN and k == r["drawn_seed"]
+                    for l in diag["layers"]:
+                        assert ("counts" in l["activation"]) == drawn == ("counts" in l["grad"])
+                        if drawn:
+                            assert sum(l["activation"]["counts"]) == (results["probe_images"]
+                                                                      * l["units"])
+                            assert all(isinstance(c, int) for c in l["activation"]["counts"])
+            ok = [verdict == "ok" for verdict in r["outcome"]]
+            assert all(mean is not None and len(mean) == steps and all(map(math.isfinite, mean))
+                       for mean in ratios["ok_mean"]) == any(ok)
+            assert [run["seed"] for run in ratios["runs"]] == [
+                seed for seed, is_ok in zip(seeds, ok) if not is_ok]
             if arm == "bn" and name != "sigmoid":   # BN centres every unit at the start
                 assert all(l["dead"] == 0.0 for d in r["start"] for l in d["layers"])
     # the same initial weights N(0, 1) with and without BN: without BN they are 100 times larger
@@ -184,5 +195,39 @@ def test_a_diverging_run_stops_at_the_step_whose_loss_is_not_finite(tiny_mnist, 
     history, diverged = study.fit(model, {**config, "disp_freq": 1}, data=data, seed=0)
     done = record["steps_done"][0]
     assert diverged and 0 < done == len(history["train"]["iter"]) < results["steps"]
-    assert all(len(ratios) == done for ratios in record["log10_update_ratio"][0])
+    run, = record["log10_update_ratio"]["runs"]   # the diverged run, on its own, to its end
+    assert run["outcome"] == "diverged" and run["step"] == list(range(1, done + 1))
+    assert all(len(ratios) == done for ratios in run["ratios"])
+    assert record["log10_update_ratio"]["ok_mean"] == [None] * len(record["weights"])
     assert all((tmp_path / name).exists() for name in diagnostics.FIGURES)
+
+
+def test_update_ratio_never_averages_a_failed_run():
+    """Two ok seeds and a failed one that ran every step: the drawn mean is the ok seeds'
+    alone, the failed run a line of its own; the table's ratio likewise, the failed run's
+    beside it as a range of one."""
+    logs = [[[-2.0, -2.0, -2.0, -2.0]], [[0.5, 0.5, 0.5, 0.5]], [[-1.0, -1.0, -1.0, -3.0]]]
+    outcomes = ["ok", "failed", "ok"]
+    record = diagnostics.ratio_record(logs, outcomes, [0, 1, 2], 4)
+    lines = diagnostics.update_ratio_lines({"log10_update_ratio": record})
+    assert lines == [(0, "ok mean", [1, 2, 3, 4], [-1.5, -1.5, -1.5, -2.5]),
+                     (0, "failed", [1, 2, 3, 4], [0.5, 0.5, 0.5, 0.5])]
+    assert diagnostics.by_outcome(record["last"], outcomes, "+.2f") == (
+        "ok 2: -1.75 (-2.00--1.50); failed 1: +0.50")
+    # in windows of steps where training is long: every mean over its window's steps
+    long = diagnostics.ratio_record([[[float(k) for k in range(1, 1001)]]], ["ok"], [0], 1000)
+    assert record["every"] == 1 and long["every"] == 5 and len(long["ok_mean"][0]) == 200
+    assert long["step"][:2] == [5, 10] and long["ok_mean"][0][:2] == [3.0, 8.0]
+    assert long["last"] == [[950.5]]   # the mean of steps 901 .. 1000
+
+
+def test_a_failed_seed_is_left_out_of_the_tables_means(quick_run):
+    results = copy.deepcopy(quick_run[0]["diagnostics"])
+    record = results["networks"]["mlp"]["bn"]
+    record["outcome"] = ["failed"]
+    text = diagnostics.table(results)
+    row = next(line for line in text.splitlines() if line.startswith("| MLP 784-128-64-10"))
+    assert row.split(" | ")[2] == "1 failed"   # its accuracy is in no mean
+    ratio_row = next(line for line in text.splitlines()
+                     if line.startswith("| MLP 784-128-64-10, default init, with BN | Linear"))
+    assert "failed 1: " in ratio_row and "ok" not in ratio_row

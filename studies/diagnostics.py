@@ -13,8 +13,8 @@ from torch import nn
 
 import mlp
 import plumbing
-from studies.common import (color, first_images, label, markdown_table,
-                            mlp_with, norm_of, preserved, show_seeds)
+from studies.common import (color, compare, first_images, label, markdown_table, mlp_with,
+                            norm_of, preserved, seeds_cell, show_seeds)
 from studies.figure1 import figure1_network
 
 NAME = "diagnostics"
@@ -25,6 +25,9 @@ WEIGHTED = (nn.Linear, nn.Conv2d)               # a layer's weight matrix
 NONLINEARITIES = (nn.ReLU, nn.Sigmoid, nn.Tanh)
 SATURATED = 0.03   # a sigmoid output below 0.03 or above 0.97 (a tanh's |output| above 0.97)
 KARPATHY_GUIDE = -3.0   # log10 of a "healthy" update-to-data ratio, for plain SGD (not momentum)
+DRAWN = "mlp_n01"   # the network whose histograms layer_health.png draws (the JSON keeps only its)
+RATIO_POINTS = 200   # the update ratios kept per weight matrix: means over windows of steps
+LAST = 100   # the table's update ratio: each run's mean over its last LAST steps
 
 
 def hidden_layers(model):
@@ -210,8 +213,64 @@ def train_one(study, job):
                         if isinstance(m, WEIGHTED)]}
 
 
+def drawn_seed(outcomes):
+    """The index of the seed whose histograms layer_health.png draws: the first that did not
+    diverge (a diverged run has no last step to show); None where every one did."""
+    return next((k for k, verdict in enumerate(outcomes) if verdict != "diverged"), None)
+
+
+def compact(diagnostics, histograms):
+    """A probe's diagnostics as the JSON keeps them: every number of each layer, its
+    histograms reduced to mean and std, or (histograms=True: the ones drawn) with their counts
+    as integers and the range their equal bins span in place of the bins' edges."""
+    if diagnostics is None:
+        return None
+
+    def reduced(h):
+        kept = {"mean": h["mean"], "std": h["std"]}
+        if histograms and h["counts"]:
+            kept.update(counts=[round(c) for c in h["counts"]],
+                        range=[h["edges"][0], h["edges"][-1]])
+        return kept
+    return {"loss": diagnostics["loss"],
+            "layers": [{**layer, "activation": reduced(layer["activation"]),
+                        "grad": reduced(layer["grad"])} for layer in diagnostics["layers"]]}
+
+
+def windows(values, every):
+    """(last step, mean) of each window of `every` steps (steps counted from 1), the last
+    window ending at the last value."""
+    return [(min(start + every, len(values)),
+             sum(values[start:start + every]) / len(values[start:start + every]))
+            for start in range(0, len(values), every)]
+
+
+def ratio_record(log_ratios, outcomes, seeds, steps):
+    """The update ratios as update_ratio.png and the table use them: per weight matrix the
+    mean over the ok seeds (each of which ran every step), in windows of `every` steps; each
+    failed or diverged run's own ratios in the same windows, up to its last step; and per run
+    and weight matrix its mean over its last LAST steps."""
+    every = max(1, steps // RATIO_POINTS)
+    weights = len(log_ratios[0]) if log_ratios else 0
+    ok = [ratios for ratios, verdict in zip(log_ratios, outcomes) if verdict == "ok"]
+    mean = [None if not ok else [v for _, v in windows(
+        [sum(r[i][k] for r in ok) / len(ok) for k in range(steps)], every)]
+        for i in range(weights)]
+    return {"every": every, "step": [x for x, _ in windows([0.0] * steps, every)],
+            "ok_mean": mean,
+            "runs": [{"seed": seed, "outcome": verdict,
+                      "step": [x for x, _ in windows(ratios[0], every)],
+                      "ratios": [[v for _, v in windows(r, every)] for r in ratios]}
+                     for seed, ratios, verdict in zip(seeds, log_ratios, outcomes)
+                     if verdict != "ok" and ratios and ratios[0]],
+            "last": [[sum(r[-LAST:]) / len(r[-LAST:]) if r else None for r in ratios]
+                     for ratios in log_ratios]}
+
+
 def assemble(study, jobs, results):
-    """Per network and arm, each result as a list over seeds; the weight matrices' names once."""
+    """Per network and arm, each result as a list over seeds; the weight matrices' names once.
+    Kept compact: histograms only where layer_health.png draws them (DRAWN, its seed), the
+    update ratios as ratio_record keeps them."""
     steps, probe_size, config, data, _ = settings(study)
     record = {"rule": f"SGD lr {config['learning_rate']} constant, momentum "
                       f"{config['momentum']}, weight decay {config['weight_decay']}, batch "
@@ -221,70 +280,97 @@ def assemble(study, jobs, results):
               "steps": steps, "epochs": config["max_epoch"], "train_images": len(data[0]),
               "probe_images": probe_size,
               "networks": {name: {"title": title} for name, (title, _) in NETWORKS.items()}}
-    for job, result in zip(jobs, results):
-        arm = record["networks"][job["network"]].setdefault(job["arm"], {})
-        for key, value in result.items():
-            if key != "weights":
-                arm.setdefault(key, []).append(value)
-        arm.setdefault("weights", result["weights"])
+    for (name, arm), runs in grouped(jobs, results).items():
+        outcomes = [result["outcome"] for _, result in runs]
+        shown = drawn_seed(outcomes) if name == DRAWN else None
+        record["networks"][name][arm] = {
+            "outcome": outcomes, "test_acc": [result["test_acc"] for _, result in runs],
+            "steps_done": [result["steps_done"] for _, result in runs],
+            "drawn_seed": shown,
+            **{when: [compact(result[when], k == shown) for k, (_, result) in enumerate(runs)]
+               for when in ("start", "end")},
+            "log10_update_ratio": ratio_record([result["log10_update_ratio"] for _, result in runs],
+                                               outcomes, [job["seed"] for job, _ in runs], steps),
+            "weights": runs[0][1]["weights"]}
     return record
 
 
-def layer_means(diagnostics, key):
-    """Per layer, the mean over seeds (with range) of a layer's number, as a table cell."""
-    done = [d for d in diagnostics if d is not None]
-    if not done:
+def grouped(jobs, results):
+    """{(network, arm): [(job, result) in seed order]}."""
+    runs = {}
+    for job, result in zip(jobs, results):
+        runs.setdefault((job["network"], job["arm"]), []).append((job, result))
+    return runs
+
+
+def by_outcome(per_seed, outcomes, spec=".3g"):
+    """A table cell of one number per layer (per_seed[s]: a list over layers, or None): the
+    mean (range) over the ok seeds, layers joined by " / "; the failed and diverged seeds
+    beside it, each kind as its range (never a mean): "ok 3: 0.1 (0.09-0.11) / 0.2; failed 2:
+    0.8 to 0.9 / 1"."""
+    def span(values):
+        low, high = min(values), max(values)
+        return f"{low:{spec}}" if low == high else f"{low:{spec}} to {high:{spec}}"
+
+    parts = []
+    for kind in ("ok", "failed", "diverged"):
+        seeds = [v for v, verdict in zip(per_seed, outcomes) if verdict == kind and v is not None]
+        if not seeds:
+            continue
+        layers = [[seed[i] for seed in seeds if seed[i] is not None]
+                  for i in range(len(seeds[0]))]
+        cells = [("-" if not values else show_seeds(values, spec) if kind == "ok"
+                  else span(values)) for values in layers]
+        parts.append((kind, len(seeds), " / ".join(cells)))
+    if not parts:
         return "-"
-    cells = []
-    for i in range(len(done[0]["layers"])):
-        values = [d["layers"][i][key] for d in done]
-        if values[0] is None:
-            return "-"
-        cells.append(show_seeds(values, ".3g"))
-    return " / ".join(cells)
+    if len(parts) == 1 and parts[0][0] == "ok" and parts[0][1] == len(outcomes):
+        return parts[0][2]
+    return "; ".join(f"{kind} {n}: {cells}" for kind, n, cells in parts)
 
 
-def share(diagnostics):
-    """The dead (ReLU) or saturated (sigmoid) share per layer, mean (range) over seeds."""
-    done = [d for d in diagnostics if d is not None]
-    if not done:
-        return "-"
-    key = "dead" if done[0]["layers"][0]["dead"] is not None else "saturated"
-    return f"{key} " + layer_means(diagnostics, key)
+def per_layer(diagnostics, key):
+    """Per seed the list over layers of a layer's number (None where the seed has none)."""
+    return [None if d is None else [layer[key] for layer in d["layers"]] for d in diagnostics]
 
 
-def last_ratios(log_ratios, last=100):
-    """Per weight matrix, the mean log10 update ratio over the last `last` steps, mean over
-    seeds (a diverged run counts up to its last finite step)."""
-    cells = []
-    for i in range(len(log_ratios[0])):
-        per_seed = [sum(r[i][-last:]) / len(r[i][-last:]) for r in log_ratios if r[i]]
-        cells.append(f"{sum(per_seed) / len(per_seed):+.2f}" if per_seed else "-")
-    return " / ".join(cells)
+def share_key(r):
+    """"dead" (ReLU networks) or "saturated" (sigmoid)."""
+    layers = next(d for d in r["start"] if d is not None)["layers"]
+    return "dead" if layers[0]["dead"] is not None else "saturated"
 
 
 def table(results):
-    """Three tables: accuracy and the dead or saturated share per layer; std(dL/dW) / std(W);
-    the update ratios at the end."""
-    rows_share, rows_std, rows_ratio = [], [], []
+    """Four tables: test accuracy without and with BN and the effect rule on their difference;
+    the dead or saturated share per layer; std(dL/dW) / std(W); the update ratios at the end.
+    Every number over the ok seeds, the failed and diverged ones beside them as ranges."""
+    rows_acc, rows_share, rows_std, rows_ratio = [], [], [], []
     for record in results["networks"].values():
+        a, b = record["no_bn"], record["bn"]
+        rows_acc.append((record["title"], seeds_cell(a["test_acc"], a["outcome"]),
+                         seeds_cell(b["test_acc"], b["outcome"]),
+                         compare(a["test_acc"], b["test_acc"], a["outcome"], b["outcome"])[1]))
         for arm, bn in ARMS:
             r, name = record[arm], f"{record['title']}, {label(bn)}"
-            rows_share.append((name, show_seeds(r["test_acc"]), ", ".join(r["outcome"]),
-                               share(r["start"]), share(r["end"])))
-            rows_std.append((name, layer_means(r["start"], "grad_to_weight"),
-                             layer_means(r["end"], "grad_to_weight"),
-                             layer_means(r["start"], "weight_grad_std")))
+            key = share_key(r)
+            rows_share.append((name, key, by_outcome(per_layer(r["start"], key), r["outcome"]),
+                               by_outcome(per_layer(r["end"], key), r["outcome"])))
+            rows_std.append((name, by_outcome(per_layer(r["start"], "grad_to_weight"),
+                                              r["outcome"]),
+                             by_outcome(per_layer(r["end"], "grad_to_weight"), r["outcome"]),
+                             by_outcome(per_layer(r["start"], "weight_grad_std"), r["outcome"])))
             rows_ratio.append((name, " / ".join(r["weights"]),
-                               last_ratios(r["log10_update_ratio"])))
+                               by_outcome(r["log10_update_ratio"]["last"], r["outcome"], "+.2f")))
     steps = f"step {results['steps']:,}"
     return "\n".join([
-        markdown_table(["network", "test acc", "outcome per seed", "per layer at step 0",
-                        f"per layer at {steps}"], rows_share),
+        markdown_table(["network", "test acc, without BN", "with BN", "with BN - without BN"],
+                       rows_acc),
+        markdown_table(["network", "share", "per layer at step 0", f"per layer at {steps}"],
+                       rows_share),
         markdown_table(["network", "std(dL/dW)/std(W), step 0", f"std(dL/dW)/std(W), {steps}",
                         "std(dL/dW), step 0"], rows_std),
-        markdown_table(["network", "weight matrices", "log10 update ratio, last 100 steps"],
-                       rows_ratio)])
+        markdown_table(["network", "weight matrices",
+                        f"log10 update ratio, last {LAST} steps"], rows_ratio)])
 
 
 def draw(results):
@@ -293,47 +379,54 @@ def draw(results):
     return [draw_layer_health(results), draw_update_ratio(results)]
 
 
+def histogram_edges(h):
+    """The bins' edges of a histogram as the JSON keeps it: equal bins over its range."""
+    return torch.linspace(*h["range"], len(h["counts"]) + 1)
+
+
 def draw_layer_health(results):
-    """The bad scale N(0, 1): activations and gradients per hidden layer, step 0 against the
-    last step, without BN (top) and with BN (bottom), for the first seed that did not diverge
-    (a diverged run has no last step to show)."""
-    record, steps = results["networks"]["mlp_n01"], results["steps"]
+    """The bad scale N(0, 1) (DRAWN): activations and gradients per hidden layer, step 0
+    against the last step, without BN (top) and with BN (bottom), for the first seed that did
+    not diverge (a diverged run has no last step to show), its outcome in the titles. One
+    seed's histograms: nothing is averaged."""
+    record, steps = results["networks"][DRAWN], results["steps"]
     seeds = results["provenance"]["seeds"]
     n = len(record["no_bn"]["start"][0]["layers"])
     fig, axes = plt.subplots(2, 2 * n, figsize=(4.2 * 2 * n, 7.8))
     floors, notes = {}, []   # per panel, its lowest non-zero density; the diverged seeds
     for row, (arm, bn) in enumerate(ARMS):
         r = record[arm]
-        shown = next((k for k, end in enumerate(r["end"]) if end is not None), 0)
+        shown = r["drawn_seed"]
         notes += [f"{label(bn)}, seed {seeds[k]} diverged at step {done + 1}"
                   for k, (done, end) in enumerate(zip(r["steps_done"], r["end"])) if end is None]
+        if shown is None:   # every seed diverged
+            for ax in axes[row]:
+                ax.text(0.5, 0.5, f"diverged at step {r['steps_done'][0] + 1}",
+                        transform=ax.transAxes, ha="center", color=color(bn))
+            continue
         for when, diagnostics, style in ((0, r["start"][shown], ":"),
                                          (steps, r["end"][shown], "-")):
-            if diagnostics is None:   # every seed diverged
-                for ax in axes[row]:
-                    ax.text(0.5, 0.5, f"diverged at step {r['steps_done'][shown] + 1}",
-                            transform=ax.transAxes, ha="center", color=color(bn))
-                continue
             for i, layer in enumerate(diagnostics["layers"]):
                 for ax, key, what in ((axes[row, i], "activation", "{}"),
                                       (axes[row, n + i], "grad", "dL/d({})")):
                     h = layer[key]
                     extra = f", dead {layer['dead']:.0%}" if key == "activation" else ""
                     ax.set(yscale="log", xlabel=what.format(f"layer {i + 1} ReLU output"),
-                           title=f"{label(bn)}, seed {seeds[shown]}: layer {i + 1} "
+                           title=f"{label(bn)}, seed {seeds[shown]} ({r['outcome'][shown]}): "
+                                 f"layer {i + 1} "
                                  + ("activations" if key == "activation" else "gradients"))
-                    if not h["counts"]:
+                    if not h.get("counts"):
                         continue
                     if h["std"] == 0:   # every value the same (a dead layer): no spread to draw
                         ax.axvline(h["mean"], color=color(bn), linestyle=style, lw=1.6,
                                    label=f"step {when:,}: every value {h['mean']:.3g}{extra}")
                         continue
-                    widths = torch.tensor(h["edges"]).diff()
-                    density = torch.tensor(h["counts"]) / (sum(h["counts"]) * widths)
+                    edges = histogram_edges(h)
+                    density = torch.tensor(h["counts"]) / (sum(h["counts"]) * edges.diff())
                     # empty bins drop to just below the axis: a log axis has no zero
                     lowest = density[density > 0].min().item()
                     floors[ax] = min(floors.get(ax, lowest), lowest)
-                    ax.stairs(density.clamp(min=lowest / 10).tolist(), h["edges"],
+                    ax.stairs(density.clamp(min=lowest / 10).tolist(), edges.tolist(),
                               color=color(bn), linestyle=style, lw=1.6, baseline=None,
                               label=f"step {when:,}: std {h['std']:.3g}{extra}")
     for ax in axes.flat:
@@ -350,39 +443,58 @@ def draw_layer_health(results):
     return fig
 
 
+CLIP = 2.0   # update_ratio.png's top: a diverging run's last ratios reach 1e8
+
+
+def update_ratio_lines(r):
+    """What update_ratio.png draws for one network and arm, per weight matrix i:
+    (i, "ok mean", steps, values) for the mean over the ok seeds, and (i, outcome, steps,
+    values) for each failed or diverged run on its own, its values cut at CLIP."""
+    record = r["log10_update_ratio"]
+    lines = [(i, "ok mean", record["step"], mean) for i, mean in enumerate(record["ok_mean"])
+             if mean is not None]
+    lines += [(i, run_["outcome"], run_["step"], [min(v, CLIP) for v in ratios])
+              for run_ in record["runs"] for i, ratios in enumerate(run_["ratios"])]
+    return lines
+
+
 def draw_update_ratio(results):
-    """log10(std(update) / std(W)) per weight matrix after every step: rows without / with BN,
-    one column per network; the mean over the seeds that ran every step, layers by line style;
-    a diverged seed as a thin line of its own, up to its last step (x)."""
+    """log10(std(update) / std(W)) per weight matrix over training: rows without / with BN,
+    one column per network; the mean over the ok seeds (all of which ran every step), layers
+    by line style; each failed or diverged run a thin line of its own, up to its last step (v
+    or x): never part of the mean. Every line in windows of a few steps (the JSON keeps
+    RATIO_POINTS per line)."""
     names, steps = list(results["networks"]), results["steps"]
     fig, axes = plt.subplots(2, len(names), figsize=(5.2 * len(names), 7.8), sharey=True,
                              squeeze=False)
-    styles, CLIP = ("-", "--", "-.", ":"), 2.0
+    styles, every = ("-", "--", "-.", ":"), 1
     for col, name in enumerate(names):
         record = results["networks"][name]
         for row, (arm, bn) in enumerate(ARMS):
             ax, r = axes[row, col], record[arm]
-            for i, weight in enumerate(r["weights"]):
-                per_seed = [ratios[i] for ratios in r["log10_update_ratio"]]
-                complete = [s for s in per_seed if len(s) == steps]
+            every = r["log10_update_ratio"]["every"]
+            for i, kind, xs, values in update_ratio_lines(r):
                 style = dict(color=color(bn), alpha=1 - 0.15 * i)
-                if complete:
-                    mean = torch.tensor(complete).mean(dim=0)
-                    ax.plot(range(1, steps + 1), mean.tolist(), styles[i % len(styles)],
-                            lw=1.0, label=f"layer {i + 1}: {weight}", **style)
-                for s in (s for s in per_seed if 0 < len(s) < steps):
-                    s = [min(v, CLIP) for v in s]   # its last steps reach 1e8: off the scale
-                    ax.plot(range(1, len(s) + 1), s, styles[i % len(styles)], lw=0.6, **style)
-                    ax.plot(len(s), s[-1], "x", ms=7, **style)
-            if any(o == "diverged" for o in r["outcome"]):
-                ax.plot([], [], "x-", lw=0.6, color=color(bn),
-                        label=f"a diverged seed, to its last step (cut at {CLIP:+g})")
+                if kind == "ok mean":
+                    ax.plot(xs, values, styles[i % len(styles)], lw=1.0,
+                            label=f"layer {i + 1}: {r['weights'][i]}", **style)
+                    continue
+                ax.plot(xs, values, styles[i % len(styles)], lw=0.6, **style)
+                ax.plot(xs[-1], values[-1], "v" if kind == "failed" else "x", ms=7, **style)
+            for kind, mark in (("failed", "v"), ("diverged", "x")):
+                if kind in r["outcome"]:
+                    ax.plot([], [], f"{mark}-", lw=0.6, color=color(bn),
+                            label=f"a {kind} seed on its own, to its last step"
+                                  + (f" (cut at {CLIP:+g})" if kind == "diverged" else ""))
             ax.axhline(KARPATHY_GUIDE, color="gray", ls="--", lw=1,
                        label="-3: Karpathy's guide (plain SGD)")
-            ax.set(title=f"{record['title']}\n{label(bn)} ({', '.join(r['outcome'])})",
+            ok = r["outcome"].count("ok")
+            ax.set(title=f"{record['title']}\n{label(bn)}: mean of {ok} ok of "
+                         f"{len(r['outcome'])} seeds",
                    xlabel="step", ylabel="log10 std(update) / std(W)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Update-to-data ratio per weight matrix after every step, SGD with momentum "
-                 f"0.9 at lr 0.1 (mean over the seeds that ran all {steps:,} steps)")
+    fig.suptitle("Update-to-data ratio per weight matrix, SGD with momentum 0.9 at lr 0.1 (mean "
+                 "over the ok seeds" + (f", in windows of {every} steps" if every > 1 else "")
+                 + "; failed and diverged seeds on their own)")
     return fig

@@ -4,7 +4,6 @@ percentiles of one last-layer sigmoid's input over training."""
 import copy
 
 import matplotlib.pyplot as plt
-import torch
 from torch import nn
 
 import batchnorm
@@ -176,7 +175,7 @@ def draw(results):
                   colors[name], TITLES[name], outcomes=record["outcome"])
     axes[0].set(xlabel="training step", ylabel="test accuracy", ylim=(0, 1),
                 title="(a) test accuracy (band: range over the ok seeds)")
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].legend(fontsize=8, loc="best")
     first_seed = results["provenance"]["seeds"][0]
     for ax, name, panel in zip(axes[1:], ARMS, "bcd"):
         record = results[name]

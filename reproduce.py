@@ -1,6 +1,8 @@
 """Every number and figure of README in one command: the report's five runs, then plot.py.
 
-    python reproduce.py                  # the five default commands one after another, then plot.py
+    python reproduce.py                  # the five default commands one after another (and
+                                         # README's first look: mlp.py one epoch without and
+                                         # with BN), then plot.py
     python reproduce.py --epochs 1       # a quick check, in runs/epochs_1/ (figures there too)
     python reproduce.py --experiments    # then also `python experiments.py all`
 
@@ -35,6 +37,8 @@ import registry
 import solver
 
 RUNS = [("mlp", []), ("mlp", ["--bn"]), ("cnn", []), ("cnn", ["--bn"]), ("resnet", [])]
+FIRST_LOOK = [("mlp", ["--epochs", "1"]), ("mlp", ["--bn", "--epochs", "1"])]   # README's
+# first look in seconds: one epoch without and with BN, in <runs>/first_look/ (not plotted)
 REPORT = {  # the report's final accuracy and time for each command, for the table
     "mlp": "97.6%, 14 min", "mlp_bn": "98.3%, 17 min", "cnn": "98.3%, 24 min",
     "cnn_bn": "98.3%, 38 min", "resnet_bn": "best 99.46%, 60 epochs"}
@@ -78,12 +82,12 @@ def parse_args(argv=None):
 class Run:
     """One of the five commands: its script, flags, folder and the config it will train with."""
 
-    def __init__(self, name, flags, args):
+    def __init__(self, name, flags, args, folder=None):
         self.name, self.script = name, registry.model_script(name)
         self.flags = flags + (["--epochs", str(args.epochs)] if args.epochs else [])
         parsed = solver.parse_args(name, self.script.config, self.flags)
         self.label = solver.run_label(name, parsed.norm)
-        self.out = solver.run_folder(name, parsed.norm, root=args.runs_dir)
+        self.out = solver.run_folder(name, parsed.norm, root=folder or args.runs_dir)
         self.config = solver.effective_config(self.script.config, parsed)
         self.command = ["python", f"{name}.py", *self.flags, "--data-dir", str(args.data_dir),
                         "--device", args.device, "--out", str(self.out)]
@@ -174,14 +178,18 @@ def run_summary(run, wall_time):
     }
 
 
-def report_summary(runs, wall_times, command):
-    """report_runs.json's content: the finished runs by label, and where the numbers came from."""
+def report_summary(runs, wall_times, command, first_look=()):
+    """report_runs.json's content: the finished runs by label, the first look's, and where the
+    numbers came from."""
     return {
         "provenance": {"command": command, "torch": torch.__version__,
                        "python": platform.python_version(),
                        "date": datetime.date.today().isoformat()},
         "runs": {run.label: run_summary(run, wall_times.get(run.label))
                  for run in runs if run.state() == "done"},
+        "first_look": {run.label: {key: value for key, value in run_summary(run, None).items()
+                                   if key not in ("report", "wall_time_s")}
+                       for run in first_look if run.state() == "done"},
     }
 
 
@@ -204,11 +212,20 @@ def report_table(summary):
     return "\n".join(rows) + "\n\n" + where_trained(summary) + "\n"
 
 
-def where_trained(summary):
+def first_look_table(summary):
+    """README's first look: one epoch of the MLP without and with BN, from report_runs.json."""
+    rows = ["| command | test accuracy after one epoch | training time |", "| --- | ---: | ---: |"]
+    rows += [f"| `{entry['command']}` | {entry['final_test_acc']:.2%} "
+             f"| {registry.format_time(entry['train_time_s'])} |"
+             for entry in summary["first_look"].values()]
+    return "\n".join(rows) + "\n\n" + where_trained(summary, "first_look") + "\n"
+
+
+def where_trained(summary, part="runs"):
     """'Trained on <CPU> with N threads, torch X.': the runs are named only where they differ
     (the last digits of a run depend on the CPU type and the thread count)."""
     machines = {}   # (device, cpu, threads) -> the labels of the runs trained there
-    for label, entry in summary["runs"].items():
+    for label, entry in summary[part].items():
         machine = (entry["device"], entry["cpu"] or "a CPU not recorded", entry["threads"])
         machines.setdefault(machine, []).append(label)
     parts = []
@@ -229,8 +246,18 @@ def main(argv=None):
         reproduce(args, stop_message)
 
 
-def reproduce(args, stop_message):
+def planned_runs(args):
+    """The five report runs, then (full runs only: a quick check is itself a first look) the
+    first look's two, in <runs>/first_look/."""
     runs = [Run(name, flags, args) for name, flags in RUNS]
+    if not args.epochs:
+        runs += [Run(name, flags, args, folder=args.runs_dir / "first_look")
+                 for name, flags in FIRST_LOOK]
+    return runs
+
+
+def reproduce(args, stop_message):
+    runs = planned_runs(args)
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     times_path = args.runs_dir / "wall_times.json"   # each command's wall time, over resumes
     wall_times = json.loads(times_path.read_text()) if times_path.exists() else {}
@@ -254,17 +281,18 @@ def reproduce(args, stop_message):
         wall_times[run.label] = wall_times.get(run.label, 0) + time.perf_counter() - run_start
         plumbing.save_files({times_path: plumbing.json_writer(wall_times)})
 
-    finished = [run for run in runs if run.state() == "done"]
+    report_runs, first_look = runs[:len(RUNS)], runs[len(RUNS):]
+    finished = [run for run in report_runs if run.state() == "done"]
     if finished:
         print(f"\nplot.py on {len(finished)} runs, figures into {args.figures}", flush=True)
         run_one(["python", "plot.py", *(str(r.out) for r in finished),
                  "--figures", str(args.figures), "--data-dir", str(args.data_dir)], stop_message)
-        summary = report_summary(runs, wall_times, args.command)
+        summary = report_summary(report_runs, wall_times, args.command, first_look)
         table = report_table(summary)
         table_path = Path(args.figures) / "table.md"   # plot.py's table, then this one
         table_path.write_text(table_path.read_text() + "\n" + table)
         print(table)
-        save_summary(summary, len(runs), args.results)
+        save_summary(summary, len(RUNS), len(first_look), args.results)
     if args.experiments:
         run_one(experiments_command(args), stop_message)
     print(f"reproduce.py: {registry.format_time(time.perf_counter() - start)} in this call")
@@ -274,10 +302,12 @@ def reproduce(args, stop_message):
             + ", ".join(str(run.out) for run in others) + "; move them away or use another --out")
 
 
-def save_summary(summary, n_runs, results_dir):
+def save_summary(summary, n_runs, n_first_look, results_dir):
     """<results>/report_runs.json, once every run has finished: a record never lacks a run."""
-    if len(summary["runs"]) < n_runs:
-        print(f"report_runs.json not written: {len(summary['runs'])} of {n_runs} runs finished")
+    finished = len(summary["runs"]) + len(summary["first_look"])
+    if finished < n_runs + n_first_look:
+        print(f"report_runs.json not written: {finished} of {n_runs + n_first_look} runs "
+              "finished")
         return
     path = Path(results_dir) / "report_runs.json"
     path.parent.mkdir(parents=True, exist_ok=True)

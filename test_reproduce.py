@@ -126,7 +126,8 @@ def test_report_runs_json_holds_each_runs_numbers_from_its_history(
     runs = tmp_path / "epochs_1"
     summary = json.loads((runs / "report_runs.json").read_text())
     wall_times = json.loads((runs / "wall_times.json").read_text())
-    assert set(summary) == {"provenance", "runs"}
+    assert set(summary) == {"provenance", "runs", "first_look"}
+    assert summary["first_look"] == {}   # a quick check is itself a first look
     assert set(summary["provenance"]) == {"command", "torch", "python", "date"}
     assert summary["provenance"]["torch"] == torch.__version__
     assert "--epochs 1" in summary["provenance"]["command"]
@@ -175,6 +176,23 @@ def test_report_table_renders_every_column_and_names_runs_only_where_machines_di
     assert reproduce.report_table(summary).splitlines()[-1] == (
         "Trained on AMD EPYC (family 25, model 17), AVX512 with 2 threads (mlp); "
         "a CPU not recorded with 1 thread (cnn); torch 2.14.1.")
+
+
+def test_the_first_look_is_two_one_epoch_runs_of_its_own_and_a_table(tmp_path):
+    full = reproduce.parse_args(["--out", str(tmp_path)])
+    first_look = reproduce.planned_runs(full)[len(reproduce.RUNS):]
+    assert [run.shown for run in first_look] == ["python mlp.py --epochs 1",
+                                                 "python mlp.py --bn --epochs 1"]
+    assert [run.out for run in first_look] == [tmp_path / "first_look" / "mlp",
+                                               tmp_path / "first_look" / "mlp_bn"]
+    assert len(reproduce.planned_runs(reproduce.parse_args(["--epochs", "1"]))) == 5
+    summary = {"provenance": {"torch": "2.14.1"}, "first_look": {
+        "mlp": synthetic_entry("python mlp.py --epochs 1", final_test_acc=0.9533, train_time_s=21),
+        "mlp_bn": synthetic_entry("python mlp.py --bn --epochs 1", final_test_acc=0.9657)}}
+    lines = reproduce.first_look_table(summary).splitlines()
+    assert lines[2:4] == ["| `python mlp.py --epochs 1` | 95.33% | 21 s |",
+                          "| `python mlp.py --bn --epochs 1` | 96.57% | 1 min 33 s |"]
+    assert lines[-1].startswith("Trained on AMD EPYC")
 
 
 def test_the_full_runs_name_the_record_and_a_quick_check_its_own_folder(tmp_path):

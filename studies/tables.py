@@ -8,8 +8,8 @@ A generated block in a Markdown document is marked by two HTML comments, invisib
 
 `python experiments.py --tables` rewrites every marked block in place; test_tables.py fails when
 a committed document differs from what results/ generate, so no number in a table is typed by
-hand. Two names are not studies: `report_runs`, README's reproduction table (from
-results/report_runs.json), and `replication`, the comparison with another CPU type (from
+hand. Three names are not studies: `report_runs` and `first_look`, README's reproduction table
+and its one-epoch first look (both from results/report_runs.json), and `replication`, the comparison with another CPU type (from
 results/replication.json, see studies/replication.py).
 """
 import json
@@ -28,15 +28,17 @@ BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end 
 def generate(name, results_dir, pages):
     """The Markdown of the block `name`: a study page's table() of results/<name>.json, or the
     report runs' table."""
-    path = Path(results_dir) / f"{name}.json"
-    if name not in ("report_runs", "replication") and name not in pages:
+    source = "report_runs" if name == "first_look" else name
+    path = Path(results_dir) / f"{source}.json"
+    if name not in ("report_runs", "first_look", "replication") and name not in pages:
         raise plumbing.SolverError(f"a block names the table {name!r}, which is no study's")
     if not path.exists():
         raise plumbing.SolverError(f"{path} not found: the table {name!r} is generated from it")
     results = json.loads(path.read_text())
-    if name == "report_runs":
+    if name in ("report_runs", "first_look"):
         import reproduce   # here: reproduce imports the model scripts, which studies need not
-        return reproduce.report_table(results)
+        return (reproduce.report_table if name == "report_runs"
+                else reproduce.first_look_table)(results)
     if name == "replication":
         return replication.table(results)
     return pages[name].table(results) + "\n" + made_by(results["provenance"]) + "\n"

@@ -150,7 +150,8 @@ def main(argv=None):
     if args.replication:
         compare_with(args.replication, args.out)
     if args.tables:
-        tables.rewrite(args.out, STUDIES)
+        with plumbing.one_line_failures(lambda: "the other tables are written"):
+            tables.rewrite(args.out, STUDIES)
     if args.study is None:
         return
     if args.redraw:

@@ -54,20 +54,33 @@ def made_by(provenance):
             f"{format_time(provenance.get('wall_s', 0))}; `{provenance['command']}`*")
 
 
-def rewritten(text, results_dir, pages):
-    """The document `text` with each marked block's body generated anew."""
-    return BLOCK.sub(lambda m: m.group(1) + generate(m["name"], results_dir, pages).rstrip("\n")
-                     + "\n" + m.group(4), text)
+def rewritten(text, results_dir, pages, missing=None):
+    """The document `text` with each marked block's body generated anew. With a list `missing`,
+    a block whose JSON is not there yet is left as it is and its error appended to the list."""
+    def body(m):
+        try:
+            table = generate(m["name"], results_dir, pages)
+        except plumbing.SolverError as error:
+            if missing is None:
+                raise
+            missing.append(str(error))
+            return m.group(0)
+        return m.group(1) + table.rstrip("\n") + "\n" + m.group(4)
+    return BLOCK.sub(body, text)
 
 
 def rewrite(results_dir, pages, root="."):
-    """Rewrite the marked blocks of DOCUMENTS in place; print what changed."""
+    """Rewrite the marked blocks of DOCUMENTS in place, print what changed; a block whose JSON
+    is missing is left alone and named at the end (a SolverError: one line, exit status 1)."""
+    missing = []
     for document in DOCUMENTS:
         path = Path(root) / document
         text = path.read_text()
-        new = rewritten(text, results_dir, pages)
+        new = rewritten(text, results_dir, pages, missing)
         names = [m["name"] for m in BLOCK.finditer(text)]
         if new != text:
             path.write_text(new)
         print(f"{document}: {len(names)} tables ({', '.join(names) or 'none'})"
               f"{', rewritten' if new != text else ', unchanged'}")
+    if missing:
+        raise plumbing.SolverError("not generated, left as they were: " + "; ".join(missing))

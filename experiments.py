@@ -32,12 +32,12 @@ from pathlib import Path
 
 import plumbing
 from studies import (batch, detach, diagnostics, figure1, ics, init_scale, lr, momentum, noisy,
-                     placement, population, small_batch, smoothness)
+                     placement, population, scale, small_batch, smoothness)
 from studies import replication, tables
 from studies.runner import make_study, record_writer, run_study, save_figures
 
-PAGES = (figure1, lr, batch, momentum, init_scale, population, detach, small_batch, placement,
-         diagnostics, noisy, ics, smoothness)
+PAGES = (figure1, lr, batch, momentum, init_scale, population, detach, scale, small_batch,
+         placement, diagnostics, noisy, ics, smoothness)
 STUDIES = {page.NAME: page for page in PAGES}   # the name on the command line -> its page
 
 

@@ -23,7 +23,7 @@ from studies.small_batch import population_outcome
 
 def test_every_study_writes_its_json_and_its_figure(quick_run):
     results, figures = quick_run
-    assert set(results) == set(experiments.STUDIES) and len(experiments.STUDIES) == 13
+    assert set(results) == set(experiments.STUDIES) and len(experiments.STUDIES) == 14
     drawn = [name for page in experiments.STUDIES.values() for name in page.FIGURES]
     for name in drawn:
         assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,54 +18,87 @@ from studies.runner import SIGNIFICANT
 
 ACCURACIES = ("test_acc", "final_test_acc")   # the per-seed numbers compared
 MEASURES = (*ACCURACIES, "outcome")
+CHANGED_SINCE = {   # measures whose code changed after the other machine's commit (faeb0a1)
+    "momentum": ("test_acc", "its per-step test accuracy is taken one update earlier since "
+                             "commit ef7e2a0 (the weights before update k, not after), a change "
+                             "of code, not of CPU, and the other machine kept no final accuracy; "
+                             "its running and batch means are compared instead"),
+}
+SAME_CODE = {"momentum": ("running_mean", "batch_mean")}   # compared value by value instead
 
 
-def settings(ours, theirs, path="", one_run=False):
-    """Yield (path, our value, their value) for every accuracy or outcome list over seeds that
-    both JSON trees hold at the same place, or scalar of one run (`one_run`: a run of a list of
-    runs, whose lists are over steps, not seeds)."""
+def identical_values(ours, theirs, fields):
+    """(identical, all): the values of `fields` in the runs both machines recorded, compared
+    after rounding theirs as ours are."""
+    keys = scalar_keys(ours["runs"][0]) & scalar_keys(theirs["runs"][0])
+    theirs_by = {identity(run, keys): run for run in theirs["runs"]}
+    same = total = 0
+    for run in ours["runs"]:
+        other = theirs_by.get(identity(run, keys))
+        for field in fields if other else ():
+            for a, b in zip(run[field], other[field]):
+                total += 1
+                same += a == float(f"{b:.{SIGNIFICANT}g}")
+    return same, total
+
+
+def settings(ours, theirs, path=""):
+    """Yield (path, our value, their value) for every accuracy or outcome that both JSON trees
+    hold at the same place: a list over seeds, or, in a run of a list of runs (its path names
+    a seed), a scalar or a list over its steps."""
     if isinstance(ours, dict) and isinstance(theirs, dict):
         for key in sorted(ours.keys() & theirs.keys()):
             if key == "provenance":
                 continue
-            if key in MEASURES and isinstance(ours[key], list) != one_run:
+            if key in MEASURES:
                 yield f"{path}/{key}", ours[key], theirs[key]
-            elif key not in MEASURES:
+            else:
                 yield from settings(ours[key], theirs[key], f"{path}/{key}")
     elif isinstance(ours, list) and isinstance(theirs, list):
-        if all(isinstance(item, dict) for item in ours + theirs):
-            theirs_by = {identity(item): item for item in theirs}
+        if ours and theirs and all(isinstance(item, dict) for item in ours + theirs):
+            keys = scalar_keys(ours[0]) & scalar_keys(theirs[0])
+            theirs_by = {identity(item, keys): item for item in theirs}
             for item in ours:
-                if identity(item) in theirs_by:
-                    name = ", ".join(f"{k} {v}" for k, v in identity(item))
-                    yield from settings(item, theirs_by[identity(item)], f"{path}[{name}]",
-                                        one_run="seed" in item)
+                if identity(item, keys) in theirs_by:
+                    name = ", ".join(f"{k} {v}" for k, v in identity(item, keys))
+                    yield from settings(item, theirs_by[identity(item, keys)], f"{path}[{name}]")
         elif all(isinstance(item, (dict, list)) for item in ours + theirs):
             for index, (mine, other) in enumerate(zip(ours, theirs)):
                 yield from settings(mine, other, f"{path}[{index}]")
 
 
-def identity(item):
-    """A run's settings in a list of runs: its scalar fields that are not measurements."""
-    return tuple(sorted((k, v) for k, v in item.items()
-                        if k not in MEASURES and isinstance(v, (str, int, float, bool))))
+def scalar_keys(item):
+    """The fields of a run in a list of runs that may name its setting: scalars, not measures."""
+    return {k for k, v in item.items()
+            if k not in MEASURES and isinstance(v, (str, int, float, bool))}
 
 
-def per_seed(value, seeds):
-    """A measure as a list over `seeds` (a scalar belongs to the one seed of its run)."""
-    return value[:len(seeds)] if isinstance(value, list) else [value]
+def identity(item, keys):
+    """A run's setting: its values of the fields that both machines' runs have (`keys`)."""
+    return tuple(sorted((k, item[k]) for k in keys))
 
 
-def pair_study(ours, theirs):
-    """Every setting both machines measured: per seed, both accuracies and both outcomes."""
+def per_seed(value, seeds, one_run):
+    """A measure as a list over `seeds`; in one run (one_run), its one value or its steps."""
+    if not isinstance(value, list):
+        return [value]
+    return value if one_run else value[:len(seeds)]
+
+
+def pair_study(ours, theirs, skip=None):
+    """Every setting both machines measured: per seed, both accuracies and both outcomes (the
+    measure named `skip` left out)."""
     common = [s for s in theirs["provenance"]["seeds"] if s in ours["provenance"]["seeds"]]
     found = {}
     for path, mine, other in settings(ours, theirs):
         setting, _, measure = path.rpartition("/")
+        if measure == skip:
+            continue
         kind = "outcome" if measure == "outcome" else "acc"
         entry = found.setdefault(setting, {})
-        entry[f"{kind}_ours"] = per_seed(mine, common)
-        entry[f"{kind}_theirs"] = per_seed(other, common)
+        one_run = "seed " in setting.rpartition("[")[2]
+        entry[f"{kind}_ours"] = per_seed(mine, common, one_run)
+        entry[f"{kind}_theirs"] = per_seed(other, common, one_run)
     pairs = []
     for setting, entry in sorted(found.items()):
         if "acc_ours" not in entry:
@@ -106,10 +139,15 @@ def compare_machines(results_dir, theirs_dir, pages):
         if name not in pages or not ours_path.exists():
             continue
         ours, theirs = json.loads(ours_path.read_text()), json.loads(path.read_text())
-        pairs = pair_study(ours, theirs)
+        skip, why = CHANGED_SINCE.get(name, (None, None))
+        pairs = pair_study(ours, theirs, skip)
         record["studies"][name] = {
             "provenance_ours": ours["provenance"], "provenance_theirs": theirs["provenance"],
             "summary": summary(pairs), "settings": pairs}
+        if why:
+            same, total = identical_values(ours, theirs, SAME_CODE[name])
+            record["studies"][name]["not_compared"] = (
+                f"{why}: {same} of {total} identical ({', '.join(SAME_CODE[name])})")
     everything = [p for study in record["studies"].values() for p in study["settings"]]
     record["summary"] = summary(everything)
     return record
@@ -126,7 +164,8 @@ def table(record):
                 "-" if s["max_points"] is None else f"{s['max_points']:.2f}", edge)
     rows = [row(name, study["summary"]) for name, study in record["studies"].items()]
     rows.append(("all", *row("", record["summary"])[1:]))
+    notes = "".join(f"\n*{name}: {study['not_compared']}.*\n"
+                    for name, study in record["studies"].items() if "not_compared" in study)
     return markdown_table(["study", "identical accuracies (seeds)", "stable settings",
-                           "seed pairs",
-                           "median points apart", "most points apart", "outcomes differ in"],
-                          rows)
+                           "seed pairs", "median points apart", "most points apart",
+                           "outcomes differ in"], rows) + notes

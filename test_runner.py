@@ -52,6 +52,8 @@ def test_an_interrupted_study_continues_with_the_numbers_of_an_uninterrupted_one
         quick_lr(tiny_mnist, tmp_path / "cut")
     saved = sorted((tmp_path / "cut" / "lr.partial").glob("[0-9]*.json"))
     assert len(saved) == 3 and not (tmp_path / "cut" / "lr.json").exists()
+    made_with = json.loads((tmp_path / "cut" / "lr.partial" / "run.json").read_text())
+    assert made_with["wall_s"] > 0   # the first sitting's time counts in the study's
     monkeypatch.undo()
     capsys.readouterr()
     continued, _ = quick_lr(tiny_mnist, tmp_path / "cut")

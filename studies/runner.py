@@ -57,13 +57,13 @@ def run_study(page, study):
         print(f"{page.NAME}: {before} of {len(jobs)} trainings reused from {partial.folder}",
               flush=True)
     for index, result in trainings_done(page, study, jobs, todo):
-        results[index] = partial.save(index, result)
         elapsed = time.perf_counter() - start
+        results[index] = partial.save(index, result, elapsed)
         left = elapsed / (len(results) - before) * (len(jobs) - len(results))
         print(f"{page.NAME:11s} {describe_job(jobs[index]):40s} {summarize(result):16s} "
               f"{len(results):>3d}/{len(jobs)}  {elapsed:6.0f} s, about "
               f"{registry.format_time(left)} left", flush=True)
-    wall = partial.add_wall_time(time.perf_counter() - start)
+    wall = partial.wall_s + time.perf_counter() - start   # over all its sittings
     record = rounded({"provenance": provenance(study, wall),
                       **page.assemble(study, jobs, [results[i] for i in range(len(jobs))])})
     out.mkdir(parents=True, exist_ok=True)
@@ -184,16 +184,15 @@ class Partial:
                 pass
         return results
 
-    def save(self, index, result):
-        """Save one finished training; returns it as read back (JSON values)."""
+    def save(self, index, result, sitting_s):
+        """Save one finished training, and the study's wall time so far (this sitting's
+        `sitting_s` after the earlier ones'); returns the result as read back (JSON values)."""
         result = as_json(result)
-        plumbing.save_files({self.folder / f"{index}.json": plumbing.json_writer(result)})
+        plumbing.save_files({
+            self.folder / f"{index}.json": plumbing.json_writer(result),
+            self.folder / "run.json": plumbing.json_writer(
+                {**self.identity, "wall_s": self.wall_s + sitting_s})})
         return result
-
-    def add_wall_time(self, seconds):
-        """The study's wall time over all its sittings."""
-        self.wall_s += seconds
-        return self.wall_s
 
     def remove(self):
         shutil.rmtree(self.folder, ignore_errors=True)

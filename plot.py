@@ -20,8 +20,9 @@ Per run (from checkpoint.pt and the test set, if --data-dir holds MNIST):
 All runs:
     table.md, the report's Tables 3.1/3.2 (also printed)
 
-The figure style (resolution, a colour and a label per normalization, the headless backend)
-is defined here once; experiments.py's studies draw with it too.
+The figure style (resolution, width and text sizes for README width, log axes without
+multipliers, a colour and a label per normalization, the headless backend) is defined here
+once; experiments.py's studies draw with it too.
 """
 import argparse
 import json
@@ -35,6 +36,7 @@ import matplotlib
 matplotlib.use("Agg")   # headless: files only, no window
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator
 
 import plumbing
 import registry
@@ -49,9 +51,61 @@ NORM_LABELS = {"none": "without BN", "bn": "with BN", "ln": "with LayerNorm",
                "gn": "with GroupNorm", "brn": "with Batch Renorm"}   # "MLP with BN"
 
 
+# Read at README width (about 830 px): a figure is at most WIDTH inches (WIDTH * DPI = 1045 px,
+# shrunk by a fifth there) and at most two panels across, its text at these sizes; no axis
+# writes an offset ("+0.97") or a multiplier ("1e12") beside its ticks: a figure whose values
+# span decades uses a log (or symlog) axis, an accuracy is drawn in percent or in points.
+WIDTH = 9.5
+STYLE = {"font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10,
+         "xtick.labelsize": 9.5, "ytick.labelsize": 9.5, "legend.fontsize": 9,
+         "figure.titlesize": 11.5, "axes.formatter.useoffset": False}
+matplotlib.rcParams.update(STYLE)
+
+
+class PlainLog(LogFormatterSciNotation):
+    """Log-axis tick labels as plain numbers (0.2, 3, 60) on an axis within 0.001 to 10,000,
+    as powers of ten on one reaching beyond; labelled where matplotlib's log formatter would
+    label (minor ticks only on an axis spanning few decades)."""
+
+    def __call__(self, x, pos=None):
+        text = super().__call__(x, pos)
+        low, high = sorted(abs(v) for v in self.axis.get_view_interval())
+        return f"{x:g}" if text and low >= 0.9e-3 and high <= 1.1e4 else text
+
+
+def log_axis(ax, axis="y"):
+    """A log axis with PlainLog's labels: 0.2 rather than 2 x 10^-1."""
+    getattr(ax, f"set_{axis}scale")("log")
+    for which in ("major", "minor"):
+        getattr(getattr(ax, f"{axis}axis"), f"set_{which}_formatter")(PlainLog())
+
+
+def readme_problems(fig):
+    """What keeps a drawn figure from reading at README width (the rule above WIDTH), as lines:
+    wider than WIDTH, more than two columns of panels (axes whose left edges lie apart by more
+    than a tenth of the figure; twins and failure strips share their panel's column), an axis
+    with an offset or multiplier beside its ticks. Empty: none."""
+    fig.canvas.draw()
+    problems = []
+    if fig.get_figwidth() > WIDTH + 1e-9:
+        problems.append(f"{fig.get_figwidth():g} inches wide (at most {WIDTH})")
+    lefts = sorted(ax.get_position().x0 for ax in fig.axes if ax.axison)
+    columns = sum(1 for a, b in zip([-1.0, *lefts], lefts) if b - a > 0.1)
+    if columns > 2:
+        problems.append(f"{columns} columns of panels")
+    for ax in fig.axes:
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            if axis.get_offset_text().get_visible() and axis.get_offset_text().get_text():
+                problems.append(f"{ax.get_title()!r}: {axis.get_offset_text().get_text()!r} "
+                                f"beside its {name} ticks")
+    return problems
+
+
 def save_figure(fig, path):
-    """Every figure of the repository is written this way: tight layout, DPI, closed."""
-    fig.tight_layout()
+    """Every figure of the repository is written this way: laid out (tight, unless the figure
+    was made with a layout of its own, such as constrained), DPI, closed."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -128,16 +182,18 @@ def _label_axes(axes):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
-    axes[2].set_yscale("log")
+    log_axis(axes[0])
+    log_axis(axes[2])
+    for ax in axes[2:]:   # whole epochs
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_run(history, out):
     """The report's two figures for one run: training curves per iteration, test curves per
     epoch."""
     label = run_label(history)
-    fig_train, train_axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    fig_test, test_axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig_train, train_axes = plt.subplots(1, 2, figsize=(WIDTH, 3.8))
+    fig_test, test_axes = plt.subplots(1, 2, figsize=(WIDTH, 3.8))
     axes = [*train_axes, *test_axes]
     _draw_curves(axes, history, color=NORM_COLORS[history["norm"]])
     _label_axes(axes)
@@ -150,7 +206,7 @@ def plot_run(history, out):
 
 def plot_comparison(histories, path, title):
     """The four curves of several runs of one model overlaid, a colour per normalization."""
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    fig, axes = plt.subplots(2, 2, figsize=(WIDTH, 7))
     axes = axes.flatten()
     for history in histories:
         _draw_curves(axes, history, label=case_name(history), color=NORM_COLORS[history["norm"]])
@@ -182,7 +238,7 @@ def plot_activation(with_bn, without_bn, out):
 
     with_bn, without_bn: (history, activation) of the two runs, activation as in activation.json.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.8), sharey=True)
     for ax, (history, act) in zip(axes, (without_bn, with_bn)):
         for key, style in (("p85", ":"), ("p50", "-"), ("p15", "--")):
             ax.plot(act["iter"], act[key], style, color=NORM_COLORS[history["norm"]],
@@ -251,7 +307,7 @@ def plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out, n_mistake
         for pred in range(10):
             count = confusion[true, pred].item()
             if count:
-                ax.text(pred, true, str(count), ha="center", va="center", fontsize=7,
+                ax.text(pred, true, str(count), ha="center", va="center", fontsize=8.5,
                         color="white" if true == pred else "black")
     ax.set_xticks(range(10))
     ax.set_yticks(range(10))
@@ -264,16 +320,16 @@ def plot_confusion_and_mistakes(run_dir, history, test_x, test_y, out, n_mistake
 
     wrong = (predicted != test_y).nonzero().flatten()
     worst = wrong[confidence[wrong].argsort(descending=True)][:n_mistakes]
-    columns = 8
+    columns = 6
     rows = max(1, math.ceil(len(worst) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, 1.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.55, 1.85 * rows), squeeze=False)
     for ax in axes.flatten():
         ax.axis("off")
     for ax, index in zip(axes.flatten(), worst.tolist()):
         pixels = test_x[index, 0] * solver.MNIST_STD + solver.MNIST_MEAN   # undo the normalisation
         ax.imshow(pixels.numpy(), cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(f"true {test_y[index]}, pred {predicted[index]}\n"
-                     f"{confidence[index]:.0%} sure", fontsize=7)
+                     f"{confidence[index]:.0%} sure", fontsize=9)
     fig.suptitle(f"{case_name(history)}: the {len(worst)} most confident mistakes of "
                  f"{len(wrong)}")
     return [confusion_path, save_figure(fig, out / f"{label}_mistakes.png")]

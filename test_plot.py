@@ -149,3 +149,21 @@ def test_a_model_with_another_normalization_gets_every_norm_overlaid(two_runs, t
     names = {p.name for p in out.iterdir()}
     assert {"mlp_norms.png", "mlp_bn_vs_no_bn.png", "mlp_ln_train.png"} <= names
     assert "| MLP with LayerNorm | 500 |" in (out / "table.md").read_text()
+
+
+def test_plot_figures_read_at_readme_width(monkeypatch):
+    """plot.readme_problems: no figure wider than plot.WIDTH, none more than two panels across,
+    no axis with an offset or multiplier (a loss near 1e-3 on a log axis, an accuracy near 1)."""
+    import matplotlib.pyplot as plt
+    histories = [synthetic_history(True, 300), synthetic_history(False, 700)]
+    for history in histories:
+        history["train"]["loss"] = [1e-3 * (1 + 1e-4 * k) for k in range(20)]
+        history["test"]["acc"] = [0.99991, 0.99995]
+    figures = []
+    monkeypatch.setattr(plot, "save_figure", lambda fig, path: figures.append(fig) or path)
+    plot.plot_comparison(histories, "unused.png", "title")
+    plot.plot_run(histories[0], plot.Path("unused"))
+    assert len(figures) == 3
+    for fig in figures:
+        assert plot.readme_problems(fig) == []
+        plt.close(fig)

@@ -15,7 +15,8 @@ import experiments
 import mlp
 import solver
 from studies.batch import batch_statistics_accuracy
-from studies.common import Study, draw_over_seeds, outcome, seeds_cell, sweep_table
+from studies.common import (Study, draw_failures, draw_over_seeds, failure_rows, outcome,
+                            seeds_cell, sweep_table)
 from studies.runner import run_study
 from studies.figure1 import figure1_network
 from studies.small_batch import population_outcome
@@ -271,12 +272,24 @@ def test_a_diverging_arm_is_labelled_and_crashes_nothing(tiny_mnist):
     model = study.model(lambda: mlp.build_model("none"), seed=0)
     history, label, acc = study.train(model, study.config(learning_rate=1e30), seed=0)
     assert (label, acc) == ("diverged", None)   # a label, not an exception
-    fig, ax = plt.subplots()   # and it is drawn as a marker at the bottom, not a point of a line
-    draw_over_seeds(ax, [1, 2], [[0.9, 0.8], [acc, 0.7]], [["ok", "ok"], [label, "ok"]],
-                    "tab:blue", "arm")
-    assert [tuple(p) for p in ax.collections[-1].get_offsets()] == [(2.0, 0.0)]
+    # and it is drawn counted in the failure strip under the panel, not as a point of a line
+    fig, (ax, strip) = plt.subplots(2, 1, sharex=True)
+    outcomes = [["ok", "ok"], [label, "ok"]]
+    draw_over_seeds(ax, [1, 2], [[0.9, 0.8], [acc, 0.7]], outcomes, "tab:blue", "arm")
     assert list(ax.lines[0].get_ydata()) == [pytest.approx(0.85), 0.7]
+    assert not ax.collections[1:]   # the band alone: no marker in the panel
+    assert draw_failures(strip, [("arm", "tab:blue", [1, 2], outcomes)]) == 1
+    assert [t.get_text() for t in strip.get_yticklabels()] == ["arm, diverged"]
+    assert [(t.get_position(), t.get_text()) for t in strip.texts] == [((2, 0), "1")]
     plt.close(fig)
+
+
+def test_failure_strip_counts_each_kind_at_its_own_x():
+    outcomes = [["ok", "failed", "diverged"], ["failed", "failed", "ok"], ["ok"] * 3]
+    rows = failure_rows([("no BN", "tab:orange", [0.1, 1.0, 10.0], outcomes),
+                         ("BN", "tab:blue", [0.1, 1.0, 10.0], [["ok"] * 3] * 3)])
+    assert rows == [("no BN, failed", "tab:orange", "v", {0.1: 1, 1.0: 2}),
+                    ("no BN, diverged", "tab:orange", "x", {0.1: 1})]
 
 
 def test_a_failed_seed_is_left_out_of_the_mean_and_counted_beside_it():
@@ -290,11 +303,11 @@ def test_a_failed_seed_is_left_out_of_the_mean_and_counted_beside_it():
     fig, ax = plt.subplots()
     draw_over_seeds(ax, [2, 4], [[1.0, 5.0, 3.0], [2.0, 6.0, None]],
                     [["ok", "failed", "ok"], ["ok", "failed", "diverged"]], "tab:blue", "arm",
-                    floor=None)
+                    failures="values")
     assert list(ax.lines[0].get_ydata()) == [2.0, 2.0]
-    failed, = [c for c in ax.collections if c.get_label() == "failed (arm)"]
+    failed, = [c for c in ax.collections if c.get_label() == "arm: a failed run"]
     assert [tuple(p) for p in failed.get_offsets()] == [(2.0, 5.0), (4.0, 6.0)]
-    assert not any(c.get_label() == "diverged (arm)" for c in ax.collections)   # no value
+    assert not any(c.get_label() == "arm: a diverged run" for c in ax.collections)  # no value
     plt.close(fig)
 
 

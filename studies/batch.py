@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 import batchnorm
-from studies.common import (color, compare, draw_over_seeds, first_images, markdown_table,
-                            mlp_with, module_input, ok_values, outcome, preserved, seeds_cell,
-                            show_seeds)
+import plot
+from studies.common import (add_panels, color, compare, draw_failures, draw_over_seeds,
+                            failure_rows, figure_legend, first_images, grid_heights, label,
+                            markdown_table, mlp_with, module_input, ok_values, outcome,
+                            percent_axis, preserved, seeds_cell, show_seeds, strip_note)
 
 NAME = "batch"
 QUESTION = "batch size: eval mode against a forgotten model.eval(), and why batch 2 fails"
@@ -175,10 +177,20 @@ def table(results):
 
 def draw(results):
     """The figure from batch.json's numbers (also `experiments.py batch --redraw`): accuracy
-    at both rate rules, and the batch-2 mechanism under the linear rule."""
+    at both rate rules (top), each with its failure strip (a BN run's outcome is its eval-mode
+    accuracy's: a failed BN run is left out of all three evaluations' lines), and the batch-2
+    mechanism under the linear rule (bottom)."""
     sizes = results["sizes"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
-    for ax, (rule, arm) in zip(axes, results["arms"].items()):
+    failures = {rule: [("BN", color(True), sizes, arm["bn_outcome"]),
+                       ("no BN", color(False), sizes, arm["no_bn_outcome"])]
+                for rule, arm in results["arms"].items()}
+    rows = [len(failure_rows(series)) for series in failures.values()]
+    top_height = grid_heights(2, rows)[0] + 1.3   # the suptitle and the legend
+    fig = plt.figure(figsize=(plot.WIDTH, top_height + 3.4), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[top_height, 3.4])
+    panels = add_panels(top, 2, rows) + add_panels(bottom, 2)
+    seeds = len(results["arms"]["constant"]["bn_outcome"][0])
+    for (ax, strip), (rule, arm) in zip(panels, results["arms"].items()):
         draw_over_seeds(ax, sizes, arm["bn_eval"], arm["bn_outcome"], color(True),
                         "with BN, eval mode (running estimates)")
         draw_over_seeds(ax, sizes, arm["bn_population"], arm["bn_outcome"], "tab:purple",
@@ -186,30 +198,35 @@ def draw(results):
         draw_over_seeds(ax, sizes, arm["bn_batch_stats"], arm["bn_outcome"], "tab:green",
                         "with BN, each test batch's statistics (no model.eval())", fmt="s--")
         draw_over_seeds(ax, sizes, arm["no_bn"], arm["no_bn_outcome"], color(False),
-                        "without BN", fmt="^-", nudge=1.2)   # its failures beside BN's
-        ax.set(xscale="log", ylim=(-0.02, 1.02), xlabel="batch size (and lr)",
-               ylabel="test accuracy after one epoch",
+                        "without BN", fmt="^-")
+        draw_failures(strip, failures[rule])
+        ax.set(xscale="log", ylim=(0, 1.02), ylabel="test accuracy, one epoch",
                title=f"{rule} rate: {results['rules'][rule]}")
-        ax.set_xticks(sizes, [f"{s}\n{lr:g}" for s, lr in zip(sizes, arm["lr"])])
+        percent_axis(ax)
+        ax.set_xticks(sizes, [str(s) for s in sizes])   # the lr: the rule in the title
+        ax.minorticks_off()
+        strip.set_xlabel("batch size")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="center right")
+    figure_legend(top, [panels[0][0]])
     linear = results["arms"]["linear"]   # the ok runs' means; the others marked on their own
+    grads, shares = panels[2][0], panels[3][0]
     for key, outcomes, fmt, bn in (("first_grad_norm_bn", "bn_outcome", "o-", True),
                                    ("first_grad_norm_no_bn", "no_bn_outcome", "^-", False)):
-        draw_over_seeds(axes[2], sizes, linear[key], linear[outcomes], color(bn),
-                        f"first layer's |grad W|, {'with' if bn else 'without'} BN", fmt=fmt,
-                        floor=None)
-    axes[2].set(xscale="log", yscale="log", xlabel="batch size (linear rate)",
-                ylabel="norm of the first layer's weight gradient, last step",
-                title="linear rate: x_hat at +-1, and the first layer's gradient")
-    axes[2].set_xticks(sizes, [str(s) for s in sizes])
-    twin = axes[2].twinx()
-    draw_over_seeds(twin, sizes, linear["x_hat_near_one"], linear["bn_outcome"], "k",
-                    "share of |x_hat| within 1e-3 of 1 (first BN)", fmt=":", floor=None)
-    twin.set(ylabel="share of x_hat at +-1", ylim=(-0.02, 1.02))
-    axes[2].legend(fontsize=7, loc="upper right")
-    twin.legend(fontsize=7, loc="lower left")
-    axes[2].grid(alpha=0.3)
-    fig.suptitle("Batch size: MLP 784-128-64-10, one epoch each (band: range over the ok seeds; "
-                 "failed and diverged runs marked on their own)")
+        draw_over_seeds(grads, sizes, linear[key], linear[outcomes], color(bn), label(bn),
+                        fmt=fmt, failures="values")
+    grads.set(yscale="log", ylabel="first layer's |grad W|, last step",
+              title="linear rate: the first layer's gradient")
+    draw_over_seeds(shares, sizes, linear["x_hat_near_one"], linear["bn_outcome"], color(True),
+                    label(True), fmt="o:", failures="values")
+    shares.set(ylim=(0, 1.02), ylabel="share of |x_hat| within 1e-3 of 1",
+               title="linear rate: x_hat at ±1 (first BN layer)")
+    percent_axis(shares)
+    for ax in (grads, shares):
+        ax.set(xscale="log", xlabel="batch size (linear rate)")
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8.5, loc="best")
+    fig.suptitle("Batch size: MLP 784-128-64-10, one epoch each (a failed BN run: in none of "
+                 "its three evaluations' lines)\n" + strip_note(seeds))
     return [fig]

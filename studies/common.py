@@ -1,6 +1,7 @@
 """What every study shares: the form of a study page (studies/runner.py runs it), the data, the
 seeds, training through solver.py's loop, the one failure rule (`outcome`), the small tables,
-drawing a mean over seeds with their range in the repository's one figure style (plot.py's),
+drawing a mean over seeds with their range in the repository's one figure style (plot.py's:
+two panels across at most, the failed and diverged runs counted in a strip under a panel),
 and leaving a model as it was.
 
 A study page (studies/<page>.py) is a module with:
@@ -25,6 +26,8 @@ import contextlib
 import math
 import time
 
+import matplotlib.pyplot as plt
+from matplotlib.ticker import Formatter
 import torch
 
 import mlp
@@ -233,13 +236,17 @@ def compare(a, b, outcomes_a=None, outcomes_b=None, scale=100, decimals=2, unit=
     return False, f"no difference larger than {bound:.{decimals}f}{unit}"
 
 
-def draw_over_seeds(ax, x, per_seed, outcomes, color, label, fmt="o-", floor=0.0, nudge=1.0):
+FAILURE_MARKS = (("failed", "v"), ("diverged", "x"))   # the marker of each kind, everywhere
+STRIP_ROW = 0.22   # inches per row of a failure strip (draw_failures)
+
+
+def draw_over_seeds(ax, x, per_seed, outcomes, color, label, fmt="o-", failures="strip"):
     """One setting per x: the mean over seeds of the ok runs as a line, the seeds' range as a
-    band; failed and diverged runs as distinct markers (never averaged into the line), not
-    joined into the curve, their x times `nudge` (on a log axis, so that two arms' markers at
-    one x sit side by side): at y = floor (the bottom of the axis), or with floor=None at
-    their own values where these are finite (a measure of the run, not its accuracy).
-    per_seed[i] and outcomes[i]: lists over seeds at x[i]."""
+    band. Failed and diverged runs are never averaged into the line, nor joined into it:
+    with failures="strip" they are left to the caller's failure strip (draw_failures: each
+    counted at its own x, under the panel); with failures="values" each is a marker (v
+    failed, x diverged) at its own value where this is finite (a measure of the run, not its
+    accuracy). per_seed[i] and outcomes[i]: lists over seeds at x[i]."""
     points = [(xi, [v for v, o in zip(vals, outs) if o == "ok" and v is not None])
               for xi, vals, outs in zip(x, per_seed, outcomes)]
     points = [(xi, vals) for xi, vals in points if vals]
@@ -248,16 +255,129 @@ def draw_over_seeds(ax, x, per_seed, outcomes, color, label, fmt="o-", floor=0.0
         ax.plot(xs, [sum(v) / len(v) for _, v in points], fmt, color=color, label=label)
         ax.fill_between(xs, [min(v) for _, v in points], [max(v) for _, v in points],
                         color=color, alpha=0.2, lw=0)
-    for kind, mark in (("failed", "v"), ("diverged", "x")):
-        marks = [(xi * nudge, v) for xi, vals, outs in zip(x, per_seed, outcomes)
-                 for v, o in zip(vals, outs) if o == kind]
-        if floor is None:
-            marks = [(xi, v) for xi, v in marks if v is not None and math.isfinite(v)]
-        else:
-            marks = [(xi, floor) for xi, _ in marks]
+    if failures != "values":
+        return
+    for kind, mark in FAILURE_MARKS:
+        marks = [(xi, v) for xi, vals, outs in zip(x, per_seed, outcomes)
+                 for v, o in zip(vals, outs)
+                 if o == kind and v is not None and math.isfinite(v)]
         if marks:
-            ax.scatter([m[0] for m in marks], [m[1] for m in marks], marker=mark, s=60,
-                       color=color, zorder=3, clip_on=floor is None, label=f"{kind} ({label})")
+            ax.scatter([m[0] for m in marks], [m[1] for m in marks], marker=mark, s=50,
+                       color=color, zorder=3, label=f"{label}: a {kind} run")
+
+
+def strip_note(seeds):
+    """What a figure with failure strips says of them (seeds: how many per setting)."""
+    return (f"line: mean over the ok seeds, band: their range; under it, how many of the "
+            f"{seeds} seeds failed or diverged")
+
+
+class Percent(Formatter):
+    """Fractions written as percentages with as few decimals as the ticks need: 0.97 as 97%,
+    0.9625 as 96.25% (and then 96.00% beside it)."""
+
+    ticks = ()
+
+    def set_locs(self, locs):
+        self.ticks = list(locs)
+
+    def __call__(self, x, pos=None):
+        decimals = next((d for d in range(4) if all(
+            abs(round(100 * t, d) - 100 * t) < 1e-6 for t in self.ticks or [x])), 4)
+        return f"{100 * x:.{decimals}f}%"
+
+
+def percent_axis(ax, axis="y"):
+    """An accuracy axis (fractions) labelled in percent: 0.97 written 97%."""
+    getattr(ax, f"{axis}axis").set_major_formatter(Percent())
+
+
+def failure_rows(series):
+    """The rows of a failure strip: per series (name, color, x, outcomes; outcomes[i] the list
+    over seeds at x[i]) and kind (failed, diverged) that has runs of that kind, (row label,
+    color, marker, {x: how many runs})."""
+    rows = []
+    for name, color, xs, outcomes in series:
+        for kind, mark in FAILURE_MARKS:
+            counts = {xi: outs.count(kind) for xi, outs in zip(xs, outcomes) if kind in outs}
+            if counts:
+                rows.append((f"{name}, {kind}", color, mark, counts))
+    return rows
+
+
+def draw_failures(strip, series):
+    """The failed and diverged runs of a panel, in a strip of their own under it (sharing its
+    x): one row per series and kind that has any (failure_rows), and at each x where there
+    are some, their number, centred on that exact x. Returns the number of rows."""
+    rows = failure_rows(series)
+    for k, (_, color, _, counts) in enumerate(rows):
+        for xi, n in counts.items():
+            strip.text(xi, k, str(n), ha="center", va="center", fontsize=9.5,
+                       fontweight="bold", color=color, clip_on=False)
+        strip.update_datalim([(xi, k) for xi in counts])   # text alone widens no axis
+    strip.autoscale_view()
+    strip.set_yticks(range(len(rows)), [name for name, *_ in rows], fontsize=9)
+    for tick, (_, color, *_) in zip(strip.get_yticklabels(), rows):
+        tick.set_color(color)
+    strip.set_ylim(max(len(rows), 1) - 0.5, -0.5)   # the first row on top
+    if not rows:
+        strip.text(0.5, 0.5, "no failed or diverged run", transform=strip.transAxes,
+                   ha="center", va="center", fontsize=9, color="gray")
+    strip.tick_params(axis="y", length=0)
+    strip.grid(axis="x", alpha=0.3)
+    return len(rows)
+
+
+def panel_grid(n, strips=None, cols=2, width=plot.WIDTH, height=3.0, extra=0.7):
+    """A figure of n panels, `cols` across (row-major), under matplotlib's constrained layout,
+    `height` inches each (`extra`: the inches for the suptitle and a legend under the
+    panels). strips[i], where given and not None, is the number of rows of panel i's failure
+    strip (failure_rows): the strip goes beneath the panel, sharing its x, the panel's own
+    tick labels left to it. Returns (fig, [(ax, strip or None)])."""
+    heights = grid_heights(n, strips, cols, height)
+    fig = plt.figure(figsize=(width, sum(heights) + extra), layout="constrained")
+    return fig, add_panels(fig, n, strips, cols, height)
+
+
+def grid_heights(n, strips=None, cols=2, height=3.0):
+    """The height in inches of each row of panel_grid's panels, their strips included."""
+    rows = math.ceil(n / cols)
+    strips = list(strips or []) + [None] * n
+    heights = []
+    for r in range(rows):
+        counts = [k for k in strips[r * cols:min(n, (r + 1) * cols)] if k is not None]
+        heights.append(height + (STRIP_ROW * max([1, *counts]) + 0.15 if counts else 0))
+    return heights
+
+
+def add_panels(parent, n, strips=None, cols=2, height=3.0):
+    """panel_grid's panels in `parent`, a figure or a subfigure of one (fig.subfigures)."""
+    heights = grid_heights(n, strips, cols, height)
+    strips = list(strips or []) + [None] * n
+    grid = parent.add_gridspec(len(heights), cols, height_ratios=heights)
+    panels = []
+    for i in range(n):
+        cell, row_height = grid[i // cols, i % cols], heights[i // cols]
+        if strips[i] is None:
+            panels.append((parent.add_subplot(cell), None))
+            continue
+        inner = cell.subgridspec(2, 1, height_ratios=[height, row_height - height], hspace=0)
+        ax = parent.add_subplot(inner[0])
+        strip = parent.add_subplot(inner[1], sharex=ax)
+        ax.tick_params(labelbottom=False)
+        panels.append((ax, strip))
+    return panels
+
+
+def figure_legend(fig, axes, ncols=2):
+    """One legend for the whole figure (or subfigure), under its panels: every labelled line
+    of `axes`, each label once."""
+    seen = {}
+    for ax in axes:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(text, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncols=ncols)
 
 
 def markdown_table(header, rows):
@@ -304,15 +424,27 @@ def sweep_assemble(jobs, results, key, **fixed):
     return {arm: list(points.values()) for arm, points in assembled.items()}
 
 
-def draw_sweep(ax, results, key, xlabel, ylabel, title, value="test_acc"):
-    """Accuracy against the swept value, mean over seeds with their range; failed and diverged
-    runs as markers at the bottom."""
+SWEEP_NAMES = {"no_bn": "no BN", "bn": "BN"}   # a sweep arm's name in its failure strip
+
+
+def sweep_failures(results, key):
+    """The failure strip's series of a sweep: (name, color, x, outcomes) per arm."""
+    return [(SWEEP_NAMES[arm], color(arm == "bn"), [p[key] for p in results[arm]],
+             [p["outcome"] for p in results[arm]]) for arm in ARMS]
+
+
+def draw_sweep(ax, strip, results, key, xlabel, ylabel, title, value="test_acc"):
+    """Accuracy (in percent) against the swept value on a log axis, mean over the ok seeds
+    with their range; the failed and diverged runs in the strip under it, counted at their
+    own value (draw_failures)."""
     for bn in (False, True):
         points = results["bn" if bn else "no_bn"]
         draw_over_seeds(ax, [p[key] for p in points], [p[value] for p in points],
-                        [p["outcome"] for p in points], color(bn), label(bn),
-                        nudge=1.15 if bn else 1 / 1.15)
-    ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, title=title, ylim=(-0.02, 1.02))
+                        [p["outcome"] for p in points], color(bn), label(bn))
+    draw_failures(strip, sweep_failures(results, key))
+    ax.set(xscale="log", ylabel=ylabel, title=title, ylim=(0, 1.02))
+    percent_axis(ax)
+    strip.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
 
 

@@ -3,14 +3,14 @@ against the scale s of every initial weight, with and without BN, for the report
 CS231n's deeper network (7 hidden layers of 50 units)."""
 import math
 
-import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
 import mlp
 from norms import norm_layers
-from studies.common import (draw_sweep, norm_of, sweep_assemble, sweep_table, sweep_train_one,
-                            sweep_trainings)
+from studies.common import (draw_sweep, failure_rows, figure_legend, norm_of, panel_grid,
+                            strip_note, sweep_assemble, sweep_failures, sweep_table,
+                            sweep_train_one, sweep_trainings)
 
 NAME = "init"
 QUESTION = "initialisation scale, as in CS231n's assignment"
@@ -95,18 +95,21 @@ def table(results):
 
 
 def draw(results):
-    """The figure from init.json's numbers (also `experiments.py init --redraw`)."""
-    fig, axes = plt.subplots(2, 2, figsize=(14, 8), sharex=True)
+    """The figure from init.json's numbers (also `experiments.py init --redraw`): a row per
+    network, train accuracy left and test accuracy right, each with its failure strip."""
     titles = {"mlp": "the report's MLP 784-128-64-10", "deep": "CS231n's 7 x 50 network"}
-    for column, (name, record) in enumerate(results["networks"].items()):
-        for row, (value, what) in enumerate((("measured", "train"), ("test_acc", "test"))):
-            ax = axes[row][column]
-            for default, shade in (("torch", "tab:gray"), ("kaiming", "tab:olive")):
-                ax.axvspan(*record[default], color=shade, alpha=0.15,
-                           label=f"{default}'s scales over the layers")
-            draw_sweep(ax, record, "scale", "weight scale s: every weight ~ N(0, s^2)",
-                       f"{what} accuracy after one epoch", f"{titles[name]}: {what}",
-                       value=value)
-    axes[0][1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle("Initialisation scale (CS231n's experiment); band: range over seeds")
+    panels = [(name, record, value, what) for name, record in results["networks"].items()
+              for value, what in (("measured", "train"), ("test_acc", "test"))]
+    rows = [len(failure_rows(sweep_failures(record, "scale"))) for _, record, _, _ in panels]
+    fig, axes = panel_grid(len(panels), rows, height=2.9, extra=1.0)
+    for (ax, strip), (name, record, value, what) in zip(axes, panels):
+        for default, shade in (("torch", "tab:gray"), ("kaiming", "tab:olive")):
+            ax.axvspan(*record[default], color=shade, alpha=0.15,
+                       label=f"{default}'s scales over the layers")
+            strip.axvspan(*record[default], color=shade, alpha=0.15)
+        draw_sweep(ax, strip, record, "scale", "weight scale s: every weight ~ N(0, s²)",
+                   f"{what} accuracy, one epoch", f"{titles[name]}: {what}", value=value)
+    figure_legend(fig, [ax for ax, _ in axes])
+    fig.suptitle("Initialisation scale (CS231n's experiment)\n"
+                 + strip_note(len(panels[0][1]["bn"][0]["outcome"])))
     return [fig]

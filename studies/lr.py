@@ -1,8 +1,7 @@
 """Learning-rate robustness: final test accuracy against a constant rate, with and without BN,
 on a grid of rates 10^(1/4) apart, so that each failure edge is pinned to a factor of 1.8."""
-import matplotlib.pyplot as plt
-
-from studies.common import (draw_sweep, mlp_with, sweep_assemble, sweep_table, sweep_train_one,
+from studies.common import (draw_sweep, failure_rows, mlp_with, panel_grid, strip_note,
+                            sweep_assemble, sweep_failures, sweep_table, sweep_train_one,
                             sweep_trainings)
 
 NAME = "lr"
@@ -39,9 +38,11 @@ def table(results):
 
 def draw(results):
     """The figure from lr.json's numbers (also `experiments.py lr --redraw`)."""
-    fig, ax = plt.subplots(figsize=(9.5, 4.4))
-    draw_sweep(ax, results, "lr", "learning rate (constant)",
+    rows = len(failure_rows(sweep_failures(results, "lr")))
+    fig, [(ax, strip)] = panel_grid(1, [rows], cols=1, height=3.6)
+    draw_sweep(ax, strip, results, "lr", "learning rate (constant)",
                f"test accuracy after {results['epochs']} epoch(s)",
-               "MLP 784-128-64-10: learning-rate robustness (band: range over seeds)")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+               strip_note(len(results["bn"][0]["outcome"])))
+    ax.legend(loc="lower left")
+    fig.suptitle("MLP 784-128-64-10: learning-rate robustness")
     return [fig]

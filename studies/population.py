@@ -4,13 +4,13 @@ after each of 5 epochs at batch 100, and the MLP after one epoch at batches of 2
 where the estimates lag most."""
 import copy
 
-import matplotlib.pyplot as plt
-
 import batchnorm
 import cnn
 import mlp
+import plot
 import solver
-from studies.common import compare, first_images, markdown_table, outcome, seeds_cell
+from studies.common import (compare, draw_failures, draw_over_seeds, failure_rows,
+                            first_images, markdown_table, outcome, panel_grid, seeds_cell)
 
 NAME = "population"
 QUESTION = "momentum running estimates against population statistics"
@@ -169,10 +169,16 @@ def draw_seed(ax, xs, ys, verdict, marked, name, **style):
 
 def draw(results):
     """The figure from population.json's numbers (also `experiments.py population --redraw`):
-    each seed a line or square of its own; one whose run or recalibrated copy failed or
-    diverged dotted and marked (v, x)."""
+    (a) the accuracy gap in points per seed over the epochs at batch 100, (b) the same after one
+    epoch at the small batches, against the batch size, (c, d) the estimates' gaps per layer.
+    Each seed a line of its own; one whose run or recalibrated copy failed or diverged dotted
+    and marked (v, x), never part of a mean."""
     small = results["small_batches"]["mlp"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    small_verdicts = [[a if a != "ok" else b for a, b in zip(run, recalibrated)]
+                      for run, recalibrated in zip(small["outcome"], small["population_outcome"])]
+    failures = [("mlp", "tab:red", small["batch"], small_verdicts)]
+    fig, panels = panel_grid(4, [None, len(failure_rows(failures))], height=3.2, extra=0.6)
+    axes = [ax for ax, _ in panels]
     styles = {"mlp": "tab:blue", "cnn": "tab:purple"}
     marked = set()
     for name, record in results["models"].items():
@@ -180,12 +186,12 @@ def draw(results):
                     for a, b in zip(record["outcome"], record["population_outcome"])]
         for s, (pops, runs) in enumerate(zip(record["population_acc"], record["running_acc"])):
             draw_seed(axes[0], record["epoch"],
-                      [None if None in (p, r) else p - r for p, r in zip(pops, runs)],
+                      [None if None in (p, r) else 100 * (p - r) for p, r in zip(pops, runs)],
                       verdicts[s], marked, f"{name}, batch 100", color=styles[name],
                       alpha=0.6, marker="o")
         layers = max((len(g) for gaps in record["gaps"] for g in gaps if g), default=0)
         for layer in range(layers):
-            for quantity, axis in (("var", axes[1]), ("mean", axes[2])):
+            for quantity, axis in (("var", axes[2]), ("mean", axes[3])):
                 for s, gaps in enumerate(record["gaps"]):
                     draw_seed(axis, record["epoch"],
                               [g[layer][quantity] if g else None for g in gaps],
@@ -193,30 +199,30 @@ def draw(results):
                               color=styles[name], alpha=0.8,
                               marker="o" if layer == 0 else "s",
                               ls="-" if layer == 0 else "--")
-    for i, size in enumerate(small["batch"]):
-        for s, (p, r) in enumerate(zip(small["population_acc"][i], small["running_acc"][i])):
-            verdicts = (small["outcome"][i][s], small["population_outcome"][i][s])
-            if None in (p, r):
-                continue
-            kind = "ok" if verdicts == ("ok", "ok") else "failed"   # or diverged: no numbers
-            axes[0].scatter([0.4 + 0.2 * i], [p - r], color="tab:red",
-                            marker="s" if kind == "ok" else "v",
-                            label=None if (kind, "small") in marked else
-                            "mlp, one epoch at batch 2, 4, 8 (left to right)"
-                            + ("" if kind == "ok" else ": a failed run"))
-            marked.add((kind, "small"))
-    axes[0].axhline(0, color="k", lw=0.6)
-    axes[0].set(xlabel="epoch (the squares: one epoch at a small batch; v: a failed run)",
-                ylabel="population minus running (test accuracy)",
-                title="accuracy: population statistics - running estimates")
-    axes[1].set(xlabel="epoch", ylabel="mean |running / population - 1|", yscale="log",
-                title="variance estimates, relative gap (batch 100)")
-    axes[2].set(xlabel="epoch", ylabel="mean |running - population| / std", yscale="log",
-                title="mean estimates, gap in std units (batch 100)")
-    for ax in axes:
+    gaps = [[None if None in (p, r) else 100 * (p - r) for p, r in zip(pops, runs)]
+            for pops, runs in zip(small["population_acc"], small["running_acc"])]
+    draw_over_seeds(axes[1], small["batch"], gaps, small_verdicts, "tab:red", "mlp, one epoch",
+                    fmt="s-")
+    draw_failures(panels[1][1], failures)
+    panels[1][1].set_xlabel("batch size (one epoch)")
+    for ax in axes[:2]:
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_ylabel("population - running (points)")
+    axes[0].set(xlabel="epoch", title="(a) test accuracy: population - running, batch 100")
+    axes[1].set(xscale="log", title="(b) the same, one epoch at a small batch")
+    axes[1].set_xticks(small["batch"], [str(b) for b in small["batch"]])
+    axes[1].minorticks_off()
+    axes[2].set(xlabel="epoch", ylabel="mean |running / population - 1|",
+                title="(c) variance estimates, relative gap (batch 100)")
+    axes[3].set(xlabel="epoch", ylabel="mean |running - population| / std",
+                title="(d) mean estimates, gap in std units (batch 100)")
+    plot.log_axis(axes[2])
+    plot.log_axis(axes[3])
+    for ax in (axes[0], axes[2], axes[3]):
         ax.set_xticks(range(1, results["epochs"] + 1))
+    for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Momentum estimates against population statistics (each line or square: a seed; "
-                 "dotted and marked v or x: a failed or diverged run)")
+        ax.legend(fontsize=8.5, loc="best")
+    fig.suptitle("Momentum estimates against population statistics\na line: a seed (v, x: its "
+                 "end where it failed or diverged); (b): the ok seeds' mean and range")
     return [fig]

@@ -3,14 +3,13 @@ against the batch size, from 2 to 128 images, for BN, BN evaluated with populati
 Batch Renorm, GroupNorm, LayerNorm and no normalization, on the MLP and the CNN."""
 import copy
 
-import matplotlib.pyplot as plt
-
 import batchnorm
 import cnn
 import mlp
 import plot
-from studies.common import (compare, draw_over_seeds, first_images, markdown_table, outcome,
-                            seeds_cell)
+from studies.common import (compare, draw_failures, draw_over_seeds, failure_rows,
+                            figure_legend, first_images, markdown_table, outcome, panel_grid,
+                            percent_axis, seeds_cell, strip_note)
 
 NAME = "small_batch"
 QUESTION = "BN, Batch Renorm, GroupNorm, LayerNorm at batches 2-128"
@@ -99,23 +98,42 @@ def table(results):
                                      versus_bn)])
 
 
+STRIP_NAMES = {"bn": "BN", "bn_population": "BN, pop.", "brn": "BRN", "gn": "GN", "ln": "LN",
+               "none": "no BN"}   # an arm's name in the failure strips (BRN: Batch Renorm)
+
+
+def arm_style(arm):
+    """(label, colour, line format) of an arm, as plot.py names and colours each norm."""
+    norm = "bn" if arm == "bn_population" else arm
+    name = ("with BN, population statistics" if arm == "bn_population"
+            else plot.NORM_LABELS[norm])
+    return name, plot.NORM_COLORS[norm], "s--" if arm == "bn_population" else "o-"
+
+
 def draw(results):
-    """The figure from small_batch.json's numbers (also `experiments.py small_batch --redraw`)."""
+    """The figure from small_batch.json's numbers (also `experiments.py small_batch --redraw`):
+    a panel per network on one accuracy scale, each with its failure strip."""
     sizes = results["sizes"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
-    for ax, (name, record) in zip(axes, results["models"].items()):
+    failures = {name: [(STRIP_NAMES[arm], arm_style(arm)[1], sizes, record[arm]["outcome"])
+                       for arm in ARMS] for name, record in results["models"].items()}
+    rows = [len(failure_rows(series)) for series in failures.values()]
+    fig, panels = panel_grid(len(rows), rows, height=3.4, extra=1.2)
+    for (ax, strip), (name, record) in zip(panels, results["models"].items()):
         for arm in ARMS:
-            norm = "bn" if arm == "bn_population" else arm
-            label = ("with BN, population statistics" if arm == "bn_population"
-                     else plot.NORM_LABELS[norm])
+            arm_label, arm_color, fmt = arm_style(arm)
             draw_over_seeds(ax, sizes, record[arm]["test_acc"], record[arm]["outcome"],
-                            plot.NORM_COLORS[norm], label,
-                            fmt="s--" if arm == "bn_population" else "o-")
-        ax.set(xscale="log", xlabel="batch size (training)", ylabel="test accuracy, eval mode",
+                            arm_color, arm_label, fmt=fmt)
+        draw_failures(strip, failures[name])
+        ax.set(xscale="log", ylabel="test accuracy, eval mode",
                title=f"{name.upper()}: {results['images']:,} training images at every batch size")
+        percent_axis(ax)
         ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.minorticks_off()
+        strip.set_xlabel("batch size (training)")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle("Small batches: BN against the layers that do not depend on the batch "
-                 "(mean over the ok seeds, band: their range; failed and diverged runs marked)")
+    panels[1][0].sharey(panels[0][0])   # one accuracy scale for both networks
+    figure_legend(fig, [ax for ax, _ in panels], ncols=3)
+    seeds = len(next(iter(results["models"].values()))["bn"]["outcome"][0])
+    fig.suptitle("Small batches: BN against the layers that do not depend on the batch\n"
+                 + strip_note(seeds))
     return [fig]

@@ -231,3 +231,18 @@ def test_a_failed_seed_is_left_out_of_the_tables_means(quick_run):
     ratio_row = next(line for line in text.splitlines()
                      if line.startswith("| MLP 784-128-64-10, default init, with BN | Linear"))
     assert "failed 1: " in ratio_row and "ok" not in ratio_row
+
+
+def test_layer_health_draws_values_spanning_decades_on_a_symlog_axis():
+    """A diverging layer's 1e12 beside a healthy 100 gets no x axis with a multiplier: symlog,
+    linear within a tenth of the narrower spread, a few powers of ten labelled."""
+    healthy, start = {"range": [0.0, 4.0], "std": 0.6}, {"range": [0.0, 100.0], "std": 16.9}
+    exploded = {"range": [0.0, 1e12], "std": 1.37e10}
+    assert diagnostics.x_scale([healthy]) == ("linear", None)
+    assert diagnostics.x_scale([start, {"range": [0.0, 0.0], "std": 0.0}]) == ("linear", None)
+    scale, linthresh = diagnostics.x_scale([start, exploded])
+    assert scale == "symlog" and linthresh == pytest.approx(1.69)
+    ticks = diagnostics.symlog_ticks(linthresh, [start, exploded])
+    assert ticks[0] == 0.0 and ticks[-1] == 1e12 and len(ticks) <= 6
+    signed = diagnostics.symlog_ticks(1e-4, [{"range": [-1e8, 1e8], "std": 1e7}])
+    assert signed == sorted(signed) and -1e8 in signed and 1e8 in signed and 0.0 in signed

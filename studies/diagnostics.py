@@ -6,15 +6,18 @@ and for a sigmoid network? (After Karpathy's "Building makemore, part 3".)
 study runs it on six networks at step 0 and at step 1,000 and records every step's
 update-to-data ratio per weight matrix.
 """
-import matplotlib.pyplot as plt
+import math
+import textwrap
+
 import torch
 import torch.nn.functional as F
+from matplotlib.ticker import MaxNLocator
 from torch import nn
 
 import mlp
 import plumbing
 from studies.common import (color, compare, first_images, label, markdown_table, mlp_with,
-                            norm_of, preserved, seeds_cell, show_seeds)
+                            norm_of, panel_grid, preserved, seeds_cell, show_seeds)
 from studies.figure1 import figure1_network
 
 NAME = "diagnostics"
@@ -384,39 +387,73 @@ def histogram_edges(h):
     return torch.linspace(*h["range"], len(h["counts"]) + 1)
 
 
+def x_scale(histograms):
+    """How layer_health.png's x axis shows the histograms of one panel (the JSON's, with counts):
+    ("linear", None), or ("symlog", linthresh) where their values span more decades than a
+    linear axis can show without a multiplier beside its ticks (a diverging run's 1e12 beside
+    a healthy 17), linear within a tenth of the narrowest non-zero spread."""
+    reach = max((abs(edge) for h in histograms for edge in h["range"]), default=0.0)
+    spread = min((h["std"] for h in histograms if h["std"] > 0), default=0.0)
+    if reach == 0 or spread == 0:
+        return "linear", None
+    if reach / spread > 1e3 or reach >= 1e5 or reach < 1e-4:
+        return "symlog", spread / 10
+    return "linear", None
+
+
+def symlog_ticks(linthresh, histograms, most=4):
+    """A symlog axis's ticks: 0 and powers of ten on each side that has values, from a decade
+    beyond linthresh to the last within the values, every k-th decade so that there are about
+    `most` in all (so that their labels do not run into each other)."""
+    low = min(h["range"][0] for h in histograms)
+    high = max(h["range"][1] for h in histograms)
+    first = math.ceil(math.log10(linthresh)) + 1
+    sides = [(sign, math.floor(math.log10(reach))) for sign, reach in ((1, high), (-1, -low))
+             if reach >= 10.0 ** first]
+    every = max(1, math.ceil(sum(last - first + 1 for _, last in sides) / most))
+    return sorted([0.0] + [sign * 10.0 ** k for sign, last in sides
+                           for k in range(last, first - 1, -every)])
+
+
 def draw_layer_health(results):
     """The bad scale N(0, 1) (DRAWN): activations and gradients per hidden layer, step 0
-    against the last step, without BN (top) and with BN (bottom), for the first seed that did
-    not diverge (a diverged run has no last step to show), its outcome in the titles. One
-    seed's histograms: nothing is averaged."""
+    against the last step, without BN (left) and with BN (right), a row per layer and
+    quantity, for the first seed that did not diverge (a diverged run has no last step to
+    show), its outcome in the titles. One seed's histograms: nothing is averaged. An x axis
+    whose values span many decades is symlog (x_scale)."""
     record, steps = results["networks"][DRAWN], results["steps"]
     seeds = results["provenance"]["seeds"]
     n = len(record["no_bn"]["start"][0]["layers"])
-    fig, axes = plt.subplots(2, 2 * n, figsize=(4.2 * 2 * n, 7.8))
+    fig, panels = panel_grid(4 * n, height=2.7, extra=0.8)
+    axes = [[panels[2 * row + column][0] for row in range(2 * n)] for column in range(2)]
     floors, notes = {}, []   # per panel, its lowest non-zero density; the diverged seeds
-    for row, (arm, bn) in enumerate(ARMS):
+    drawn = {}   # per panel, the histograms drawn in it
+    for column, (arm, bn) in enumerate(ARMS):
         r = record[arm]
         shown = r["drawn_seed"]
-        notes += [f"{label(bn)}, seed {seeds[k]} diverged at step {done + 1}"
-                  for k, (done, end) in enumerate(zip(r["steps_done"], r["end"])) if end is None]
+        diverged = [f"seed {seeds[k]} at step {done + 1}"
+                    for k, (done, end) in enumerate(zip(r["steps_done"], r["end"])) if end is None]
+        if diverged:
+            notes.append(f"{label(bn)}, diverged: " + ", ".join(diverged))
         if shown is None:   # every seed diverged
-            for ax in axes[row]:
+            for ax in axes[column]:
                 ax.text(0.5, 0.5, f"diverged at step {r['steps_done'][0] + 1}",
                         transform=ax.transAxes, ha="center", color=color(bn))
             continue
         for when, diagnostics, style in ((0, r["start"][shown], ":"),
                                          (steps, r["end"][shown], "-")):
             for i, layer in enumerate(diagnostics["layers"]):
-                for ax, key, what in ((axes[row, i], "activation", "{}"),
-                                      (axes[row, n + i], "grad", "dL/d({})")):
+                for ax, key, what in ((axes[column][i], "activation", "{}"),
+                                      (axes[column][n + i], "grad", "dL/d({})")):
                     h = layer[key]
                     extra = f", dead {layer['dead']:.0%}" if key == "activation" else ""
                     ax.set(yscale="log", xlabel=what.format(f"layer {i + 1} ReLU output"),
-                           title=f"{label(bn)}, seed {seeds[shown]} ({r['outcome'][shown]}): "
+                           title=f"{label(bn)}, seed {seeds[shown]} ({r['outcome'][shown]}):\n"
                                  f"layer {i + 1} "
                                  + ("activations" if key == "activation" else "gradients"))
                     if not h.get("counts"):
                         continue
+                    drawn.setdefault(ax, []).append(h)
                     if h["std"] == 0:   # every value the same (a dead layer): no spread to draw
                         ax.axvline(h["mean"], color=color(bn), linestyle=style, lw=1.6,
                                    label=f"step {when:,}: every value {h['mean']:.3g}{extra}")
@@ -429,17 +466,25 @@ def draw_layer_health(results):
                     ax.stairs(density.clamp(min=lowest / 10).tolist(), edges.tolist(),
                               color=color(bn), linestyle=style, lw=1.6, baseline=None,
                               label=f"step {when:,}: std {h['std']:.3g}{extra}")
-    for ax in axes.flat:
+    for ax in (ax for column in axes for ax in column):
         ax.set_ylabel("density (log scale)")
         ax.grid(alpha=0.3)
+        scale, linthresh = x_scale(drawn.get(ax, []))
+        if scale == "symlog":
+            ax.set_xscale("symlog", linthresh=linthresh)
+            ax.set_xticks(symlog_ticks(linthresh, drawn[ax]))
+            ax.set_xlabel(ax.get_xlabel() + " (symlog)")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(5))
         if ax in floors:   # room above the curves for the legend: a log axis, so a factor
             low, high = floors[ax] / 2, ax.get_ylim()[1]
-            ax.set_ylim(low, high * (high / low) ** 0.35)
+            ax.set_ylim(low, high * (high / low) ** 0.45)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper right")
+            ax.legend(fontsize=8.5, loc="upper right")
     fig.suptitle(f"{record['title']}: each hidden layer's ReLU output and its gradient on "
-                 f"{results['probe_images']:,} training images, step 0 (dotted) and step "
-                 f"{steps:,} (solid)" + (f"\n({'; '.join(notes)})" if notes else ""))
+                 f"{results['probe_images']:,} training images,\nstep 0 (dotted) and step "
+                 f"{steps:,} (solid)"
+                 + ("\n" + textwrap.fill(f"({'; '.join(notes)})", 100) if notes else ""))
     return fig
 
 
@@ -459,19 +504,20 @@ def update_ratio_lines(r):
 
 
 def draw_update_ratio(results):
-    """log10(std(update) / std(W)) per weight matrix over training: rows without / with BN,
-    one column per network; the mean over the ok seeds (all of which ran every step), layers
-    by line style; each failed or diverged run a thin line of its own, up to its last step (v
-    or x): never part of the mean. Every line in windows of a few steps (the JSON keeps
-    RATIO_POINTS per line)."""
+    """log10(std(update) / std(W)) per weight matrix over training: a row per network, without
+    BN left and with BN right, on one y scale; the mean over the ok seeds (all of which ran
+    every step), layers by line style; each failed or diverged run a thin line of its own, up
+    to its last step (v or x): never part of the mean. Every line in windows of a few steps
+    (the JSON keeps RATIO_POINTS per line)."""
     names, steps = list(results["networks"]), results["steps"]
-    fig, axes = plt.subplots(2, len(names), figsize=(5.2 * len(names), 7.8), sharey=True,
-                             squeeze=False)
+    fig, panels = panel_grid(2 * len(names), height=3.0, extra=0.6)
+    for ax, _ in panels[1:]:
+        ax.sharey(panels[0][0])
     styles, every = ("-", "--", "-.", ":"), 1
-    for col, name in enumerate(names):
+    for row, name in enumerate(names):
         record = results["networks"][name]
-        for row, (arm, bn) in enumerate(ARMS):
-            ax, r = axes[row, col], record[arm]
+        for col, (arm, bn) in enumerate(ARMS):
+            ax, r = panels[2 * row + col][0], record[arm]
             every = r["log10_update_ratio"]["every"]
             for i, kind, xs, values in update_ratio_lines(r):
                 style = dict(color=color(bn), alpha=1 - 0.15 * i)
@@ -493,8 +539,8 @@ def draw_update_ratio(results):
                          f"{len(r['outcome'])} seeds",
                    xlabel="step", ylabel="log10 std(update) / std(W)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Update-to-data ratio per weight matrix, SGD with momentum 0.9 at lr 0.1 (mean "
+            ax.legend(fontsize=8.5, loc="upper right")
+    fig.suptitle("Update-to-data ratio per weight matrix, SGD with momentum 0.9 at lr 0.1\n(mean "
                  "over the ok seeds" + (f", in windows of {every} steps" if every > 1 else "")
                  + "; failed and diverged seeds on their own)")
     return fig

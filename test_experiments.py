@@ -13,6 +13,7 @@ from torch import nn
 import batchnorm
 import experiments
 import mlp
+import plot
 import solver
 from studies.batch import batch_statistics_accuracy
 from studies.common import (Study, draw_failures, draw_over_seeds, failure_rows, outcome,
@@ -31,6 +32,16 @@ def test_every_study_writes_its_json_and_its_figure(quick_run):
     assert {"bn_paper_figure1.png", "lr_robustness.png", "batch_size.png",
             "momentum_convention.png", "init_scale.png", "population_statistics.png",
             "detached_statistics.png"} <= set(drawn)
+
+
+def test_every_study_figure_reads_at_readme_width(quick_run):
+    """plot.readme_problems: at most plot.WIDTH inches, two panels across, no axis with an
+    offset or multiplier beside its ticks, for every study's figures from its quick JSON."""
+    results, _ = quick_run
+    for name, page in experiments.STUDIES.items():
+        for figure, fig in zip(page.FIGURES, page.draw(results[name]), strict=True):
+            assert plot.readme_problems(fig) == [], figure
+            plt.close(fig)
 
 
 @pytest.mark.parametrize("init,std", [("glorot", (2 / (784 + 100)) ** 0.5), ("small", 0.01)])

@@ -2,14 +2,15 @@
 depend on the weights (`detach_stats=True`), seen in the bias before BN. Four arms: the true
 gradient; detached statistics; detached without a bias (only the wrong gradient for W is
 left); detached with beta frozen at 0 (nothing absorbs the bias: the paper's unbounded case)."""
-import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
 import batchnorm
 import mlp
+import plot
 from batchnorm import BatchNorm1d
-from studies.common import compare, first_images, markdown_table, seeds_cell
+from studies.common import (compare, figure_legend, first_images, markdown_table, panel_grid,
+                            seeds_cell)
 
 NAME = "detach"
 QUESTION = "the BN paper's section 2: detached statistics"
@@ -131,7 +132,8 @@ def table(results):
 def draw(results):
     """The figure from detach.json's numbers (also `experiments.py detach --redraw`): each
     seed a line of its own, a failed or diverged one dotted and ending in its marker."""
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
+    fig, panels = panel_grid(4, height=3.2, extra=1.0)
+    axes = [ax for ax, _ in panels]
     for name, arm in results["arms"].items():
         color, iters = COLORS[name], arm["iter"]
         for s, verdict in enumerate(arm["outcome"]):   # each seed
@@ -152,19 +154,18 @@ def draw(results):
                      name)
             if any(arm["beta_grad"][s]):
                 line(axes[3], arm["beta_grad"][s], name)
-    axes[0].set(xlabel="iteration", ylabel="train loss (50-step window)", yscale="log",
-                title="training")
-    axes[1].set(xlabel="iteration", ylabel="norm of the hidden layers' biases", yscale="log",
-                title="the bias before BN")
-    axes[2].set(xlabel="iteration", ylabel="|grad bias| / |grad W|", yscale="log",
-                title="the gradient of the bias before BN")
-    axes[3].set(xlabel="iteration", ylabel="|dL/dbeta|", yscale="log",
-                title="the gradient of beta")
+    axes[0].set(xlabel="iteration", ylabel="train loss (50-step window)",
+                title="(a) training")
+    axes[1].set(xlabel="iteration", ylabel="norm of the hidden layers' biases",
+                title="(b) the bias before BN")
+    axes[2].set(xlabel="iteration", ylabel="|grad bias| / |grad W|",
+                title="(c) the gradient of the bias before BN")
+    axes[3].set(xlabel="iteration", ylabel="|dL/dbeta|", title="(d) the gradient of beta")
     for ax in axes:
+        plot.log_axis(ax)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="upper right")
-    axes[3].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    figure_legend(fig, axes[:1], ncols=4)
     fig.suptitle("Detached statistics (each line: a seed, dotted and marked v or x where it failed "
-                 "or diverged; the arms without a bias, or with beta frozen, are absent where they "
-                 "have nothing to draw)")
+                 "or diverged;\nan arm without a bias, or with beta frozen, is absent where it "
+                 "has nothing to draw)")
     return [fig]

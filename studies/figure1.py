@@ -1,15 +1,17 @@
 """The BN paper's Figure 1 (its section 4.1), redone: a 3 x 100 sigmoid network on binary MNIST,
-(a) test accuracy over 50,000 steps with and without BN, (b, c, d) the 15th/50th/85th
-percentiles of one last-layer sigmoid's input over training."""
+(a, b) test accuracy over 50,000 steps with and without BN, (c, d, e) the 15th/50th/85th
+percentiles of one last-layer sigmoid's input over training, (f) BN's gap in points."""
 import copy
 
 import matplotlib.pyplot as plt
 from torch import nn
 
 import batchnorm
+import plot
 import solver
 from batchnorm import BatchNorm1d
-from studies.common import color, compare, first_images, markdown_table, module_input, outcome
+from studies.common import (add_panels, color, compare, figure_legend, first_images,
+                            markdown_table, module_input, outcome, percent_axis)
 from studies.why_bn import draw_band, ok_only, tallied
 
 NAME = "figure1"
@@ -18,7 +20,7 @@ FIGURES = ("bn_paper_figure1.png",)
 ARMS = {  # name in figure1.json -> (with BN?, initialisation of every weight)
     "bn": (True, "glorot"), "no_bn": (False, "glorot"), "no_bn_small_init": (False, "small")}
 TITLES = {"bn": "with BN", "no_bn": "without BN", "no_bn_small_init": "without BN, N(0, 0.01²)"}
-UNIT = 0   # the unit of the last hidden layer whose input panels (b)-(d) follow
+UNIT = 0   # the unit of the last hidden layer whose input panels (c)-(e) follow
 BATCH = 60
 RULE = ("plain SGD, lr 0.1, batch 60, binary input; Glorot uniform weights (the small-init "
         "arm: N(0, 0.01^2)), biases 0; BN evaluated with population statistics from 100 "
@@ -162,30 +164,100 @@ def table(results):
          "p15 / p50 / p85 at the end, first seed"], rows)
 
 
+ZOOM = (0.90, 1.0)   # panel (b)'s accuracy range: the gaps the text discusses are 0.4-2 points
+
+
+def out_of_view(results, colors, low):
+    """Panel (b)'s note of what it cannot show, one (text, colour) per arm: an arm whose mean
+    ends below `low`, and the failed or diverged runs (all below 20%)."""
+    notes = []
+    for name in ARMS:
+        record = results[name]
+        ok = [acc[-1] for acc, verdict in zip(record["test_acc"], record["outcome"])
+              if verdict == "ok" and acc and acc[-1] is not None]
+        if ok and sum(ok) / len(ok) < low:
+            notes.append((f"{TITLES[name]}: ends at {sum(ok) / len(ok):.1%}", colors[name]))
+        bad = sum(verdict != "ok" for verdict in record["outcome"])
+        if bad:
+            runs = "a failed or diverged run" if bad == 1 else f"{bad} failed or diverged runs"
+            notes.append((f"{TITLES[name]}: {runs}", colors[name]))
+    return notes
+
+
+def draw_gap(ax, results):
+    """Panel (f): with BN minus without BN (both Glorot), test accuracy in points, per seed
+    where both runs are ok (the same seed: the same batches), as a mean and range."""
+    bn, no_bn = results["bn"], results["no_bn"]
+    pairs = [[None if None in (a, b) else 100 * (a - b) for a, b in zip(with_, without)]
+             for with_, without, verdicts in zip(bn["test_acc"], no_bn["test_acc"],
+                                                 zip(bn["outcome"], no_bn["outcome"]))
+             if verdicts == ("ok", "ok")]
+    if pairs:
+        draw_band(ax, [bn["step"]] * len(pairs), pairs, color(True),
+                  f"with BN - without BN, {len(pairs)} of {len(bn['outcome'])} seeds")
+        ax.legend(loc="upper right")
+        # the first tenth of training (tens of points) would flatten the rest: off the scale
+        steps = bn["step"]
+        highs = [max((v for v in values if v is not None), default=0.0)
+                 for values in zip(*pairs)]
+        lows = [min((v for v in values if v is not None), default=0.0)
+                for values in zip(*pairs)]
+        later = len(steps) // 10
+        top = max(max(highs[later:]), 0) * 1.3 + 0.3
+        bottom = min(min(lows[later:]), 0) * 1.3 - 0.3
+        if max(highs) > top:
+            last_off = max(k for k, high in enumerate(highs) if high > top)
+            ax.text(0.98, 0.84, f"off the scale up to step {steps[last_off]:,}: up to "
+                    f"{max(highs):.0f} points", transform=ax.transAxes, ha="right", va="top",
+                    fontsize=9)
+        ax.set_ylim(bottom, top)
+    else:
+        ax.text(0.5, 0.5, "no seed where both runs are ok", transform=ax.transAxes,
+                ha="center", color="gray")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set(xlabel="training step", ylabel="difference (points)",
+           title="(f) with BN minus without BN, test accuracy")
+
+
 def draw(results):
     """The figure from figure1.json's numbers (`experiments.py figure1 --redraw` calls it too):
-    (a) test accuracy of the three arms, (b-d) the first seed's percentiles, on one y scale."""
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.4))
-    axes[2].sharey(axes[1])
-    axes[3].sharey(axes[1])
+    (a) test accuracy of the three arms, (b) the same zoomed in to ZOOM, (c-e) the first
+    seed's percentiles, on one y scale, (f) the accuracy gap of BN in points."""
     colors = {"bn": color(True), "no_bn": color(False), "no_bn_small_init": "tab:brown"}
-    for name in ARMS:   # failed and diverged runs: lines of their own
-        record = results[name]
-        draw_band(axes[0], [record["step"]] * len(record["test_acc"]), record["test_acc"],
-                  colors[name], TITLES[name], outcomes=record["outcome"])
-    axes[0].set(xlabel="training step", ylabel="test accuracy", ylim=(0, 1),
-                title="(a) test accuracy (band: range over the ok seeds)")
-    axes[0].legend(fontsize=8, loc="best")
+    fig = plt.figure(figsize=(plot.WIDTH, 3.3 + 1.3 + 2 * 3.1), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3.3 + 1.3, 2 * 3.1])
+    (full, _), (zoom, _) = add_panels(top, 2, height=3.3)
+    panels = [ax for ax, _ in add_panels(bottom, 4, height=3.1)]
+    for ax in (full, zoom):
+        for name in ARMS:   # failed and diverged runs: lines of their own
+            record = results[name]
+            draw_band(ax, [record["step"]] * len(record["test_acc"]), record["test_acc"],
+                      colors[name], TITLES[name], outcomes=record["outcome"])
+        ax.set(xlabel="training step", ylabel="test accuracy")
+        percent_axis(ax)
+        ax.grid(alpha=0.3)
+    full.set(ylim=(0, 1), title="(a) test accuracy")
+    zoom.set(ylim=ZOOM, title=f"(b) the same, {ZOOM[0]:.0%} to {ZOOM[1]:.0%}")
+    notes = out_of_view(results, colors, ZOOM[0])
+    for k, (text, shade) in enumerate(reversed([(f"below {ZOOM[0]:.0%}:", "k")] + notes
+                                               if notes else [])):
+        zoom.text(0.98, 0.04 + 0.08 * k, text, transform=zoom.transAxes, ha="right",
+                  color=shade, fontsize=9)
+    figure_legend(top, [full], ncols=3)
     first_seed = results["provenance"]["seeds"][0]
-    for ax, name, panel in zip(axes[1:], ARMS, "bcd"):
+    for ax, name, panel in zip(panels, ARMS, "cde"):
         record = results[name]
         for p, style in (("p85", ":"), ("p50", "-"), ("p15", "--")):
             ax.plot(record["step"], record[p][0], style, color=colors[name],
                     label=f"{p[1:]}th percentile")
         ax.set(xlabel="training step", ylabel="input of a last-layer sigmoid",
                title=f"({panel}) {TITLES[name]}, seed {first_seed} ({record['outcome'][0]})")
-    axes[3].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle("The BN paper's Figure 1, redone: 3 x 100 sigmoid units, batches of 60")
+        if ax is not panels[0]:
+            ax.sharey(panels[0])
+    panels[0].legend(loc="best")
+    draw_gap(panels[3], results)
+    panels[3].grid(alpha=0.3)
+    fig.suptitle("The BN paper's Figure 1, redone: 3 x 100 sigmoid units, batches of 60 "
+                 "(band: range over the ok seeds)")
     return [fig]

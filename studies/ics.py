@@ -4,11 +4,12 @@ If BN reduced internal covariate shift, the change should be smaller with BN. Is
 report's MLP and CNN?"""
 import copy
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from studies.common import ARMS, color, label, markdown_table, norm_of
+import plot
+from studies.common import (ARMS, color, figure_legend, label, markdown_table, norm_of,
+                            panel_grid)
 from studies.why_bn import (NETWORKS, against, draw_band, finite, layer_name, measured,
                             ok_only, schedule, start_and_later, tallied, training_data,
                             weighted_layers)
@@ -160,25 +161,30 @@ def table(results):
 def draw(results):
     """Per network: ||G - G'|| and cos(G, G') over training for the layers after the first
     (the first has nothing before it: G' = G), with BN and without."""
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    fig, panels = panel_grid(4, height=3.4, extra=0.6)
+    axes = [[ax for ax, _ in panels[:2]], [ax for ax, _ in panels[2:]]]
     styles = ["-", "--", ":", "-."]
     for row, network in zip(axes, NETWORKS):
         names = results[network]["layers"]
         for bn in (False, True):
             arm = results[network]["bn" if bn else "no_bn"]
             for i in range(1, len(names)):   # failed and diverged runs: lines of their own
-                name = f"{label(bn)}, layer {i + 1} ({names[i]})"
+                name = f"{label(bn)}, layer {i + 1}"
                 draw_band(row[0], arm["step"], arm["distance"][i], color(bn), name,
                           styles[(i - 1) % len(styles)], outcomes=arm["outcome"])
                 draw_band(row[1], arm["step"], arm["cos"][i], color(bn), name,
                           styles[(i - 1) % len(styles)], outcomes=arm["outcome"])
-        row[0].set(xlabel="training step", ylabel="||G - G'||  (log scale)", yscale="log",
-                   title=f"{network.upper()}: gradient change from the earlier layers' update")
+        row[0].set(xlabel="training step", ylabel="||G - G'|| (log scale)",
+                   title=f"{network.upper()}: gradient change, earlier layers updated")
+        plot.log_axis(row[0])
         row[1].set(xlabel="training step", ylabel="cos(G, G')",
-                   title=f"{network.upper()}: cosine of G and G' (1: no change of direction)")
+                   title=f"{network.upper()}: cosine of G and G' (1: same direction)")
         for ax in row:
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="best")
+    figure_legend(fig, [ax for row in axes for ax in row])
+    layers = "; ".join(f"{network.upper()} " + ", ".join(
+        f"layer {i + 1} {name}" for i, name in enumerate(results[network]["layers"]) if i)
+        for network in NETWORKS)
     fig.suptitle("Internal covariate shift as Santurkar et al. (2018) measure it (Definition "
-                 "2.1): mean and range over the ok seeds")
+                 f"2.1)\n{layers}\nline: mean over the ok seeds, band: their range")
     return [fig]

@@ -2,14 +2,13 @@
 against 0.1 in the report's convention (torch's 0.9), at batch 100 and batch 8. Both arms train
 identically (the momentum only sets the running estimates, which training never uses): they
 differ only in the estimates that evaluation uses, so their gap is paired step by step."""
-import matplotlib.pyplot as plt
 import torch
 
 import batchnorm
 import mlp
 import solver
 from studies.common import (compare, first_images, markdown_table, module_input, ok_values,
-                            seeds_cell, show_seeds)
+                            panel_grid, percent_axis, seeds_cell, show_seeds)
 
 NAME = "momentum"
 QUESTION = "the momentum convention mix-up (0.9 here is 0.1 in torch)"
@@ -153,7 +152,8 @@ def draw(results):
     """The figure from momentum.json's numbers (also `experiments.py momentum --redraw`)."""
     sizes = sorted({r["batch"] for r in results["runs"]}, reverse=True)
     last = results["last_steps"]
-    fig, axes = plt.subplots(2, len(sizes), figsize=(12, 6.5), squeeze=False)
+    fig, panels = panel_grid(2 * len(sizes), cols=len(sizes), height=3.1, extra=0.5)
+    axes = [[ax for ax, _ in panels[:len(sizes)]], [ax for ax, _ in panels[len(sizes):]]]
     for column, size in enumerate(sizes):
         pairs = [p for p in results["paired"] if p["batch"] == size]
         shown = next((p for p in pairs if p["outcomes"] == ["ok", "ok"]), pairs[0])
@@ -168,12 +168,13 @@ def draw(results):
             if run_["momentum"] == 0.9:   # the same batches in both arms: drawn once
                 axes[1][column].plot(run_["step"], run_["batch_mean"], ".", color="tab:gray",
                                      ms=3, label="batch means (the same in both arms)")
-        axes[0][column].set(title=f"batch {size}: eval-mode test accuracy, last {last} steps, "
-                                  f"seed {first_seed}", ylabel="test accuracy")
+        axes[0][column].set(title=f"batch {size}: test accuracy (eval mode), seed {first_seed}",
+                            ylabel="test accuracy", xlabel=f"training step (the last {last})")
+        percent_axis(axes[0][column])
         axes[1][column].set(title=f"batch {size}: first BN layer, unit 0", xlabel="training step",
                             ylabel="mean of its input")
-        for ax in axes[:, column]:
+        for ax in (axes[0][column], axes[1][column]):
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="best")
+            ax.legend(fontsize=8.5, loc="best")
     fig.suptitle("The same training, two momenta for the running estimates")
     return [fig]

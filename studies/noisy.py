@@ -6,9 +6,11 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
+import plot
 import solver
 from batchnorm import BatchNorm
-from studies.common import compare, markdown_table, module_input
+from studies.common import (add_panels, compare, figure_legend, markdown_table, module_input,
+                            percent_axis)
 from studies.why_bn import NETWORKS, draw_band, ok_only, schedule, tallied, training_data
 
 NAME = "noisy"
@@ -200,11 +202,16 @@ def table(results):
 
 
 def draw(results):
-    """Per network: test accuracy of the four arms over training; the first ReLU's input
-    percentiles with BN and with noisy BN (the first seed: an average would hide the jumps)."""
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    """Per network: test accuracy of the four arms over training (top, side by side); the first
+    ReLU's input percentiles with BN and with noisy BN (a row per network; the first seed: an
+    average would hide the jumps)."""
+    fig = plt.figure(figsize=(plot.WIDTH, 3.2 + 1.2 + 2 * 3.0), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3.2 + 1.2, 2 * 3.0])
+    accuracy = [ax for ax, _ in add_panels(top, 2, height=3.2)]
+    percentiles = [ax for ax, _ in add_panels(bottom, 4, height=3.0)]
     seed = results["provenance"]["seeds"][0]
-    for row, network in zip(axes, NETWORKS):
+    for k, network in enumerate(NETWORKS):
+        row = [accuracy[k], *percentiles[2 * k:2 * k + 2]]
         lowest = 1.0
         for arm, (name, color) in ARMS.items():
             r = results[network][arm]   # failed and diverged runs: lines of their own
@@ -212,9 +219,9 @@ def draw(results):
                       outcomes=r["outcome"])
             lowest = min([lowest] + [a for curve in r["test_acc_curve"] for a in curve])
         row[0].set(xlabel="training step", ylabel="test accuracy (eval mode, noise off)",
-                   title=f"{network.upper()}: test accuracy (mean and range over ok seeds)",
+                   title=f"{network.upper()}: test accuracy",
                    ylim=(max(0.0, int((lowest - 0.02) * 20) / 20), 1.0))
-        row[0].legend(fontsize=7, loc="best", framealpha=0.7)
+        percent_axis(row[0])
         for ax, arm, short in ((row[1], "bn", "BN"), (row[2], "bn_noise", "noisy BN")):
             r, color = results[network][arm], ARMS[arm][1]
             shown = {}
@@ -228,7 +235,7 @@ def draw(results):
                 shown[p] = values
                 ax.plot(r["step"][0], values, style, color=color, lw=width, label=name)
             ax.set(xlabel="training step", ylabel="input of the first ReLU, unit 0",
-                   title=f"{network.upper()}, {short}: on the training batch (seed {seed}, "
+                   title=f"{network.upper()}, {short}: training batch (seed {seed}, "
                          f"{r['outcome'][0]})")
         # one scale for both percentile panels, so their spreads compare at a glance
         shown = [v for a in ("bn", "bn_noise") for p in ("p15", "p85")
@@ -236,9 +243,11 @@ def draw(results):
         low, high = min(shown), max(shown)
         for ax in row[1:]:
             ax.set_ylim(low - 0.1 * (high - low) - 0.05, high + 0.6 * (high - low) + 0.05)
-            ax.legend(fontsize=7.5, loc="upper right")
+            ax.legend(fontsize=8.5, loc="upper right")
         for ax in row:
             ax.grid(alpha=0.3)
+    figure_legend(top, accuracy)
     fig.suptitle("Noisy BN (Santurkar et al. 2018, Algorithm 1): BN, then a fresh random shift "
-                 "and scale of every unit at every step")
+                 "and scale\nof every unit at every step (accuracy: mean over the ok seeds, band: "
+                 "their range)")
     return [fig]

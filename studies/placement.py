@@ -1,12 +1,13 @@
 """BN before or after the ReLU, the most asked BN question: the MLP and the CNN with BN in each
 place, the studies' short budget (3 epochs at the report's constant rate 0.1)."""
-import matplotlib.pyplot as plt
 from torch import nn
 
 import cnn
 import mlp
+import plot
 from batchnorm import BatchNorm1d, BatchNorm2d
-from studies.common import compare, first_images, markdown_table, seeds_cell
+from studies.common import (compare, first_images, markdown_table, panel_grid, percent_axis,
+                            seeds_cell)
 from studies.why_bn import draw_band
 
 NAME = "placement"
@@ -98,7 +99,8 @@ def table(results):
 def draw(results):
     """The figure from placement.json's numbers (also `experiments.py placement --redraw`):
     means and ranges over the ok seeds, each failed or diverged run on its own."""
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7))
+    fig, panels = panel_grid(4, height=3.0, extra=0.6)
+    axes = [[ax for ax, _ in panels[:2]], [ax for ax, _ in panels[2:]]]
     for column, (name, arms) in enumerate(results["models"].items()):
         for place in ("before", "after"):
             arm, label = arms[place], f"BN {place} the ReLU"
@@ -109,14 +111,15 @@ def draw(results):
                       [list(range(1, len(accs) + 1)) for accs in arm["test_acc_per_epoch"]],
                       arm["test_acc_per_epoch"], COLORS[place], label, style="o-",
                       outcomes=arm["outcome"])
-        axes[0][column].set(title=f"{name.upper()}: training loss (50-step windows, mean "
-                                  "over the ok seeds)", xlabel="iteration",
-                            ylabel="train loss", yscale="log")
+        axes[0][column].set(title=f"{name.upper()}: training loss (50-step windows)",
+                            xlabel="iteration", ylabel="train loss")
+        plot.log_axis(axes[0][column])
         axes[1][column].set(title=f"{name.upper()}: test accuracy after each epoch",
                             xlabel="epoch", ylabel="test accuracy",
                             xticks=range(1, results["epochs"] + 1))
-        for ax in axes[:, column]:
+        percent_axis(axes[1][column])
+        for ax in (axes[0][column], axes[1][column]):
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.suptitle("BN before or after the ReLU (band: range over the ok seeds)")
+    axes[0][0].legend()   # the same two arms in every panel
+    fig.suptitle("BN before or after the ReLU\nline: mean over the ok seeds, band: their range")
     return [fig]

@@ -6,11 +6,12 @@ with and without BN, on the report's MLP and CNN at the report's rate 0.1, and o
 where it trains badly without BN?"""
 import math
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from matplotlib.lines import Line2D
 
-from studies.common import ARMS, color, label, markdown_table, norm_of, preserved
+import plot
+from studies.common import ARMS, color, label, markdown_table, norm_of, panel_grid, preserved
 from studies.why_bn import (NETWORKS, against, draw_band, finite, measured, ok_only,
                             schedule, start_and_later, tallied, training_data)
 
@@ -143,25 +144,53 @@ def table(results):
                         "with BN - without BN"], compared)])
 
 
+PANELS = (("loss_range", "loss range along the gradient", "(a) loss landscape"),
+          ("grad_range", "range of ||grad L(w - eta g) - grad L(w)||",
+           "(b) gradient predictiveness"),
+          ("beta", "max ||grad change|| / ||eta g||", "(c) effective beta-smoothness"))
+
+
+def slots(settings):
+    """The panels in two columns, row-major: two settings side by side, a row per measure;
+    a setting left over alone fills two rows, its last row's second slot None."""
+    order = []
+    for i in range(0, len(settings), 2):
+        pair = settings[i:i + 2]
+        if len(pair) == 2:
+            order += [(setting, panel) for panel in PANELS for setting in pair]
+        else:
+            order += [(pair[0], panel) for panel in PANELS] + [None]
+    return order
+
+
 def draw(results):
-    """One row per setting: (a) loss range, (b) gradient predictiveness, (c) effective beta."""
-    settings = results["settings"]
-    fig, axes = plt.subplots(len(settings), 3, figsize=(15, 3.6 * len(settings)), squeeze=False)
-    panels = (("loss_range", "loss range along the gradient", "(a) loss landscape"),
-              ("grad_range", "range of ||grad L(w - eta g) - grad L(w)||",
-               "(b) gradient predictiveness"),
-              ("beta", "max ||grad change|| / ||eta g||", "(c) effective beta-smoothness"))
-    for row, setting in zip(axes, settings):
-        name = f"{setting['network'].upper()}, lr {setting['learning_rate']:g}"
-        for ax, (key, ylabel, title) in zip(row, panels):
-            for bn in (False, True):
-                arm = setting["bn" if bn else "no_bn"]
-                draw_band(ax, arm["step"], arm[key], color(bn), label(bn),
-                          outcomes=arm["outcome"])   # failed runs: lines of their own
-            ax.set(xlabel="training step", ylabel=f"{ylabel} (log)", yscale="log",
-                   title=f"{name}: {title}")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8, loc="best")
+    """Per setting: (a) loss range, (b) gradient predictiveness, (c) effective beta; two
+    panels across (slots). A panel's own legend only where it has runs apart from the mean."""
+    order = slots(results["settings"])
+    fig, panels = panel_grid(len(order), height=2.8, extra=0.6 if None in order else 1.0)
+    usual = {label(False), label(True)}
+    blank = None
+    for (ax, _), slot in zip(panels, order):
+        if slot is None:
+            ax.axis("off")
+            blank = ax
+            continue
+        setting, (key, ylabel, title) = slot
+        for bn in (False, True):
+            arm = setting["bn" if bn else "no_bn"]
+            draw_band(ax, arm["step"], arm[key], color(bn), label(bn),
+                      outcomes=arm["outcome"])   # failed runs: lines of their own
+        ax.set(xlabel="training step", ylabel=ylabel,
+               title=f"{setting['network'].upper()}, lr {setting['learning_rate']:g}: {title}")
+        plot.log_axis(ax)
+        ax.grid(alpha=0.3)
+        if set(ax.get_legend_handles_labels()[1]) - usual:
+            ax.legend(fontsize=8.5, loc="best")
+    lines = [Line2D([], [], color=color(bn), label=label(bn)) for bn in (False, True)]
+    if blank is None:
+        fig.legend(handles=lines, loc="outside lower center", ncols=2)
+    else:   # the slot left blank holds the legend
+        blank.legend(handles=lines, loc="center")
     fig.suptitle("Along the gradient by 1/2 to 4 times the learning rate (Santurkar et al. "
-                 "2018, Fig. 4): mean and range over the ok seeds")
+                 "2018, Fig. 4)\nline: mean over the ok seeds, band: their range; log scales")
     return [fig]

@@ -2,13 +2,15 @@
 against 0.1 in the report's convention (torch's 0.9), at batch 100 and batch 8. Both arms train
 identically (the momentum only sets the running estimates, which training never uses): they
 differ only in the estimates that evaluation uses, so their gap is paired step by step."""
+import matplotlib.pyplot as plt
 import torch
 
 import batchnorm
 import mlp
+import plot
 import solver
-from studies.common import (compare, first_images, markdown_table, module_input, ok_values,
-                            panel_grid, percent_axis, seeds_cell, show_seeds)
+from studies.common import (add_panels, compare, figure_legend, first_images, markdown_table,
+                            module_input, ok_values, percent_axis, seeds_cell, show_seeds)
 
 NAME = "momentum"
 QUESTION = "the momentum convention mix-up (0.9 here is 0.1 in torch)"
@@ -152,8 +154,10 @@ def draw(results):
     """The figure from momentum.json's numbers (also `experiments.py momentum --redraw`)."""
     sizes = sorted({r["batch"] for r in results["runs"]}, reverse=True)
     last = results["last_steps"]
-    fig, panels = panel_grid(2 * len(sizes), cols=len(sizes), height=3.1, extra=0.5)
-    axes = [[ax for ax, _ in panels[:len(sizes)]], [ax for ax, _ in panels[len(sizes):]]]
+    fig = plt.figure(figsize=(plot.WIDTH, 2 * (3.1 + 0.7) + 0.4), layout="constrained")
+    rows = fig.subfigures(2, 1)   # each row its legend under it, hiding no step
+    axes = [[ax for ax, _ in add_panels(row, len(sizes), cols=len(sizes), height=3.1)]
+            for row in rows]
     for column, size in enumerate(sizes):
         pairs = [p for p in results["paired"] if p["batch"] == size]
         shown = next((p for p in pairs if p["outcomes"] == ["ok", "ok"]), pairs[0])
@@ -175,6 +179,7 @@ def draw(results):
                             ylabel="mean of its input")
         for ax in (axes[0][column], axes[1][column]):
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8.5, loc="best")
+    for row, row_axes in zip(rows, axes):
+        figure_legend(row, row_axes)
     fig.suptitle("The same training, two momenta for the running estimates")
     return [fig]

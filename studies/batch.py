@@ -151,7 +151,8 @@ def assemble(study, jobs, results):
 
 def table(results):
     """Two tables. Per rate rule and batch size: each evaluation's test accuracy, the share of
-    x_hat at +-1 and the last window's training accuracy, over the ok seeds (with BN: the BN
+    x_hat at +-1, the first layer's weight-gradient norm at the last step and the last window's
+    training accuracy, over the ok seeds (with BN: the BN
     run's outcome; the others counted in the first cell of each arm). Then the effect rule on
     with BN against without, and on each other evaluation of the BN runs against eval mode."""
     ok = lambda values, outcomes, spec=".2%": show_seeds(ok_values(values, outcomes), spec)
@@ -163,6 +164,7 @@ def table(results):
                            ok(arm["bn_population"][i], bn), ok(arm["bn_batch_stats"][i], bn),
                            seeds_cell(arm["no_bn"][i], no_bn),
                            ok(arm["x_hat_near_one"][i], bn, ".2f"),
+                           ok(arm["first_grad_norm_bn"][i], bn, ".1e"),
                            ok(arm["bn_last_window_acc"][i], bn)))
             compared.append((rule, size,
                              compare(arm["no_bn"][i], arm["bn_eval"][i], no_bn, bn)[1],
@@ -170,7 +172,8 @@ def table(results):
                                for key in ("bn_population", "bn_batch_stats"))))
     return "\n".join([
         markdown_table(["rate", "batch", "lr", "BN eval", "BN population", "BN batch stats",
-                        "no BN", "x_hat at +-1", "BN last window"], values),
+                        "no BN", "x_hat at +-1", "BN: first layer's grad norm",
+                        "BN last window"], values),
         markdown_table(["rate", "batch", "with BN - without BN (eval mode)",
                         "population - eval mode", "batch stats - eval mode"], compared)])
 

@@ -25,6 +25,9 @@ The backward pass of eq. 2.1 is derived by hand in `BatchNormFunction` below; `b
 is the same forward written straight from eq. 2.1 for autograd to differentiate, kept for
 comparison (test_batchnorm.py shows both agree with each other and with torch.nn.BatchNorm).
 
+The `# exercise N` comments mark what `python exercises.py make DIR` leaves for students to write
+(docs/exercises.md); checks.py and grade.py check it.
+
 BN's relatives (LayerNorm, GroupNorm, Batch Renormalization) and the layers by the name that
 `--norm` uses are in norms.py, built on the pieces here.
 """
@@ -91,6 +94,7 @@ class BatchNormFunction(torch.autograd.Function):
         stat_shape, reduce_dims = stat_shape_and_dims(x)
         input_dtype = x.dtype
         x = x.to(compute_dtype(x))      # float32 x (or float64) is returned as it is: no copy
+        # exercise 1: mean, var (biased sigma_B^2), inv_std, x_hat, y; save x_hat, weight, inv_std
         # Two passes (mean, then the mean of squared deviations) rather than torch.var_mean,
         # whose Welford reduction over several axes is slow on CPU (docs/performance-notes.md).
         mean = x.mean(dim=reduce_dims, keepdim=True)                   # mu_B
@@ -101,6 +105,7 @@ class BatchNormFunction(torch.autograd.Function):
         y = (x_hat * weight.view(stat_shape)).add_(bias.view(stat_shape))   # gamma * x_hat + beta
         # x_hat (not x) is what backward needs; keeping it costs the same memory as keeping x.
         ctx.save_for_backward(x_hat, weight, inv_std)
+        # end of exercise 1
         ctx.detach_stats = detach_stats
         ctx.input_dtype = input_dtype
         batch_mean, batch_var = mean.view(-1), var.view(-1)
@@ -114,6 +119,7 @@ class BatchNormFunction(torch.autograd.Function):
         stat_shape, reduce_dims = stat_shape_and_dims(x_hat)
         m = x_hat.numel() // x_hat.shape[1]
         g = grad_y.to(x_hat.dtype)   # dL/dy in the forward's compute dtype (float32: g is grad_y)
+        # exercise 3: grad_beta, grad_gamma, grad_x in closed form (ctx.detach_stats: direct path)
 
         grad_beta = g.sum(dim=reduce_dims)                    # dL/dbeta  = sum(g)
         g_x_hat = g * x_hat                                   # g * x_hat, wanted for its sum
@@ -136,6 +142,7 @@ class BatchNormFunction(torch.autograd.Function):
                 grad_x.addcmul_(g, gamma_inv_std)                          # + g
                 grad_x.sub_(gamma_inv_std * (grad_beta / m).view(stat_shape))   # - sum(g) / m
             grad_x = grad_x.to(ctx.input_dtype)   # x's dtype; for float32 x, grad_x itself
+        # end of exercise 3
         return grad_x, grad_gamma, grad_beta, None, None
 
 
@@ -149,6 +156,7 @@ def batch_norm_backward_by_steps(grad_y, x, weight, eps=1e-5):
     m = x.numel() // x.shape[1]
     total = lambda t: t.sum(dim=reduce_dims, keepdim=True)    # sum over a channel's m values
     gamma = weight.view(stat_shape)
+    # exercise 2: the forward again, keeping each intermediate; then each gradient, a line each
     # the forward again, keeping every intermediate
     mu = total(x) / m                                                   # mu_B
     centred = x - mu                                                    # x - mu_B
@@ -162,6 +170,7 @@ def batch_norm_backward_by_steps(grad_y, x, weight, eps=1e-5):
     grad_var = total(grad_x_hat * centred) * -0.5 * inv_std ** 3        # dL/dsigma^2
     grad_mu = total(-grad_x_hat * inv_std) + grad_var * total(-2 * centred) / m   # dL/dmu_B
     grad_x = grad_x_hat * inv_std + grad_var * 2 * centred / m + grad_mu / m       # dL/dx
+    # end of exercise 2
     return grad_x, grad_weight.view(-1), grad_bias.view(-1)
 
 
@@ -226,6 +235,7 @@ class BatchNorm(nn.Module):
 
     def forward(self, x):
         self._check_input(x)
+        # exercise 4: training: BatchNormFunction, then eq. 2.2's update; eval: running estimates
         if not self.training:
             return self._normalize_with_running_stats(x)
 
@@ -233,24 +243,29 @@ class BatchNorm(nn.Module):
                                                            self.detach_stats)
         self.update_running_estimates(batch_mean, batch_var, x.numel() // x.shape[1])
         return y
+        # end of exercise 4
 
     @torch.no_grad()
     def update_running_estimates(self, batch_mean, batch_var, m):
         """eq. 2.2, from a training batch's mean and biased variance over m values a channel,
         and one more batch in num_batches_tracked."""
+        # exercise 4: eq. 2.2 for running_mean and running_var, in place
         # The running variance estimates the population variance used at test time, so it
         # takes the unbiased estimate m/(m-1) * sigma_B^2, as torch.nn.BatchNorm does;
         # eq. 2.1 itself normalises with the biased sigma_B^2.
         unbiased_var = batch_var * (m / (m - 1))
         self.running_mean.mul_(self.momentum).add_(batch_mean, alpha=1 - self.momentum)
         self.running_var.mul_(self.momentum).add_(unbiased_var, alpha=1 - self.momentum)
+        # end of exercise 4
         self.num_batches_tracked.add_(1)
 
     def eval_scale_and_shift(self):
         """Evaluation's BN as a fixed affine map per channel, y = scale * x + shift:
         scale = gamma / sqrt(running_var + eps), shift = beta - running_mean * scale."""
+        # exercise 4: scale and shift, per channel
         scale = self.weight * torch.rsqrt(self.running_var + self.eps)
         return scale, self.bias - self.running_mean * scale
+        # end of exercise 4
 
     def _normalize_with_running_stats(self, x):
         """gamma * (x - running_mean) / sqrt(running_var + eps) + beta, as x * scale + shift."""
@@ -296,12 +311,14 @@ def fold_batchnorm(model):
         for i in range(len(sequential) - 1):
             layer, bn = sequential[i], sequential[i + 1]
             if isinstance(bn, BatchNorm) and isinstance(layer, (nn.Linear, nn.Conv2d)):
+                # exercise 5: W' and b' into layer (a new bias if it has none), nn.Identity() for bn
                 scale, shift = bn.eval_scale_and_shift()
                 layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.dim() - 1)))
                 bias = layer.bias if layer.bias is not None else 0
                 # (b - running_mean) * scale + beta
                 layer.bias = nn.Parameter(bias * scale + shift)
                 sequential[i + 1] = nn.Identity()
+                # end of exercise 5
     return folded
 
 

@@ -7,6 +7,7 @@ and another solution, so exercises.py leaves it out of the student's copy.
 import importlib.util
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 import batchnorm
 import checks
+import exercises
 import grade
 
 REPO = Path(__file__).resolve().parent
@@ -177,9 +179,184 @@ def test_an_endless_loop_fails_its_exercise_and_the_others_are_graded(tmp_path):
         '        import time\n        while True:\n            time.sleep(0.05)\n'
         '        """eq. 2.2, from a training batch'))
     run = subprocess.run([sys.executable, str(REPO / "grade.py"), str(path), "--json",
-                          "--time-limit", "6"], capture_output=True, text=True, timeout=300)
+                          "--time-limit", "4"], capture_output=True, text=True, timeout=300)
     result = json.loads(run.stdout)
     statuses = [e["status"] for e in result["exercises"]]
     assert statuses == ["passed"] * 3 + ["failed", "passed"] and run.returncode == 1
-    assert result["exercises"][3]["message"].startswith("did not finish within 6 s")
+    assert result["exercises"][3]["message"].startswith("did not finish within 4 s")
     assert result["score"] == 4 and "Traceback" not in run.stderr
+
+# ----------------------------------------------------------------------------- the student's copy
+
+# Another solution, written differently, block by block in the order of batchnorm.py's blocks.
+ALTERNATIVE = [
+    # exercise 1
+    """        m = x.numel() // x.shape[1]
+        mean = x.sum(dim=reduce_dims, keepdim=True) / m
+        var = ((x - mean) ** 2).sum(dim=reduce_dims, keepdim=True) / m
+        inv_std = 1.0 / torch.sqrt(var + eps)
+        x_hat = (x - mean) * inv_std
+        y = weight.view(stat_shape) * x_hat + bias.view(stat_shape)
+        ctx.save_for_backward(x_hat, weight, inv_std)""",
+    # exercise 3
+    """        grad_beta = g.sum(dim=reduce_dims)
+        grad_gamma = (g * x_hat).sum(dim=reduce_dims)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            gamma = weight.view(stat_shape)
+            if ctx.detach_stats:
+                grad_x = gamma * inv_std * g
+            else:
+                mean_g = g.mean(dim=reduce_dims, keepdim=True)
+                mean_g_x_hat = (g * x_hat).mean(dim=reduce_dims, keepdim=True)
+                grad_x = gamma * inv_std * (g - mean_g - x_hat * mean_g_x_hat)
+            grad_x = grad_x.to(ctx.input_dtype)""",
+    # exercise 2
+    """    mu = x.mean(dim=reduce_dims, keepdim=True)
+    xc = x - mu
+    var = (xc * xc).mean(dim=reduce_dims, keepdim=True)
+    std = torch.sqrt(var + eps)
+    x_hat = xc / std
+    grad_bias = total(grad_y)
+    grad_weight = total(grad_y * x_hat)
+    d_x_hat = grad_y * gamma
+    d_var = total(d_x_hat * xc) * (-0.5) / std ** 3
+    d_mu = -total(d_x_hat) / std - 2 * d_var * total(xc) / m
+    grad_x = d_x_hat / std + d_var * 2 * xc / m + d_mu / m""",
+    # exercise 4: the layer's forward
+    """        if self.training:
+            y, batch_mean, batch_var = BatchNormFunction.apply(x, self.weight, self.bias,
+                                                               self.eps, self.detach_stats)
+            m = x.numel() // x.shape[1]
+            self.update_running_estimates(batch_mean, batch_var, m)
+            return y
+        return self._normalize_with_running_stats(x)""",
+    # exercise 4: eq. 2.2
+    """        rho = self.momentum
+        self.running_mean.copy_(rho * self.running_mean + (1 - rho) * batch_mean)
+        self.running_var.copy_(rho * self.running_var + (1 - rho) * batch_var * m / (m - 1))""",
+    # exercise 4: evaluation's scale and shift
+    """        scale = self.weight / torch.sqrt(self.running_var + self.eps)
+        shift = self.bias - scale * self.running_mean
+        return scale, shift""",
+    # exercise 5
+    """                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                shape = [-1] + [1] * (layer.weight.dim() - 1)
+                layer.weight.copy_(layer.weight * scale.view(shape))
+                old = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
+                layer.bias = nn.Parameter((old - bn.running_mean) * scale + bn.bias)
+                sequential[i + 1] = nn.Identity()""",
+]
+STUBBED = exercises.student_batchnorm(SOLUTION)
+
+
+@pytest.fixture(scope="module")
+def copy_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("students") / "copy"
+    exercises.make(directory)
+    return directory
+
+
+def test_the_exercises_are_marked_in_batchnorm_py():
+    found = exercises.blocks(SOLUTION)
+    assert [exercise for *_, exercise, _, _ in found] == [1, 3, 2, 4, 4, 4, 5]
+    assert len(found) == len(ALTERNATIVE)
+    for first, last, exercise, what, _ in found:   # light: one comment line before and after
+        assert last - first < 30 and len(what) < 95
+
+
+def test_the_copy_has_the_repository_without_the_solution(copy_dir):
+    tracked = set(exercises.tracked_files(REPO)) - exercises.TEACHER_ONLY
+    copied = {str(p.relative_to(copy_dir)) for p in copy_dir.rglob("*") if p.is_file()}
+    assert copied == tracked and not (copy_dir / ".git").exists()
+    assert not (copy_dir / "test_exercises.py").exists()
+    assert (copy_dir / "batchnorm.py").read_text() == STUBBED
+    assert STUBBED.count("raise NotImplementedError(\"exercise ") == 7
+    others = [(REPO / p).read_text() for p in tracked if p.endswith(".py") and p != "batchnorm.py"]
+    assert exercises.traces(copy_dir, SOLUTION, others) == []
+    for name in ("batch_norm_reference", "recalibrate"):   # rerouted: the docstring stays
+        assert getattr(batchnorm, name).__doc__ in STUBBED
+
+
+def test_the_copy_grades_not_done_yet(copy_dir):
+    run = subprocess.run([sys.executable, "grade.py", "--json"], cwd=copy_dir,
+                         capture_output=True, text=True, timeout=300)
+    result = json.loads(run.stdout)
+    assert run.returncode == 1 and result["score"] == 0 and run.stderr == ""
+    assert [e["status"] for e in result["exercises"]] == ["not done yet"] * 5
+    assert result["exercises"][2]["message"] == "waits for exercise 1"
+
+
+def test_the_solution_pasted_back_is_the_solution():
+    """Pasted back into the copy, the blocks give the solution's batchnorm.py, the rerouted
+    functions aside (the scripts do not call them): a run is the solution's, bit for bit."""
+    assert exercises.paste(STUBBED, exercises.block_texts(SOLUTION)) == exercises.reroute(SOLUTION)
+
+
+def with_layers_of(module, model):
+    """model with each BN layer replaced by module's of the same kind (no random numbers)."""
+    for sequential in [m for m in model.modules() if isinstance(m, torch.nn.Sequential)]:
+        for i, layer in enumerate(sequential):
+            if isinstance(layer, batchnorm.BatchNorm):
+                sequential[i] = getattr(module, type(layer).__name__)(layer.num_features)
+    return model
+
+
+def test_another_solution_passes_and_trains_as_the_solution(variants, tiny_mnist, tmp_path,
+                                                            train):
+    module = load(exercises.paste(STUBBED, ALTERNATIVE), variants)
+    assert all(status == "passed" for status, _ in checks.grade_module(module).values())
+    import mlp
+    import registry
+    import solver
+    histories = []
+    for name, build in (("solution", mlp.build_model),
+                        ("other", lambda norm: with_layers_of(module, mlp.build_model(norm)))):
+        argv = ["--bn", "--epochs", "1", "--batch-size", "50", "--data-dir", str(tiny_mnist),
+                "--device", "cpu", "--out", str(tmp_path / name)]
+        solver.train_run("mlp", build, mlp.config, solver.parse_args("mlp", mlp.config, argv))
+        histories.append(json.loads((tmp_path / name / "history.json").read_text()))
+    ours, other = histories
+    assert abs(ours["test"]["acc"][-1] - other["test"]["acc"][-1]) <= 0.002
+    assert ours["params"] == other["params"]
+    torch.testing.assert_close(torch.tensor(other["train"]["loss"]),
+                               torch.tensor(ours["train"]["loss"]), rtol=1e-4, atol=1e-5)
+
+
+def test_the_copys_scripts_wait_for_the_exercises(copy_dir, variants, monkeypatch):
+    """The copy's norms.norm_layers builds BN only once its exercises are done (the scripts
+    print the SolverError's one line); the check draws no random numbers."""
+    import plumbing
+    spec = importlib.util.spec_from_file_location("copy_norms", copy_dir / "norms.py")
+    for done, waits in ((0, 1), (1, 3), (3, 4)):   # blocks pasted: none, exercise 1, 1 to 3
+        student = load(exercises.paste(STUBBED, exercises.block_texts(SOLUTION)[:done]
+                                       + exercises.block_texts(STUBBED)[done:]), variants)
+        monkeypatch.setitem(sys.modules, "batchnorm", student)
+        monkeypatch.setattr(checks, "_ready", set())
+        copy_norms = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(copy_norms)
+        assert copy_norms.norm_layers("none", 4, rank=2) == []
+        state = torch.get_rng_state()
+        with pytest.raises(plumbing.SolverError, match=f"^exercise {waits} .* is not done yet "
+                           "in batchnorm.py: --norm bn runs on exercises 1, 3 and 4"):
+            copy_norms.norm_layers("bn", 4, rank=2)
+        assert torch.equal(state, torch.get_rng_state())
+    monkeypatch.setitem(sys.modules, "batchnorm", batchnorm)
+    assert checks.first_not_done(batchnorm, tuple(checks.EXERCISES)) is None
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_the_copys_tests_fail_only_for_unfinished_exercises(copy_dir):
+    """In the copy, pytest: an exercise not done fails its first check with the grader's line,
+    what needs it skips saying which exercise it waits for, the rest passes."""
+    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "-q", "-rfs",
+                          "-p", "no:cacheprovider", "test_batchnorm.py", "-k",
+                          "exercise1- or exercise3- or interface or float32"],
+                         cwd=copy_dir, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, COLUMNS="300"))
+    summary = run.stdout.strip().splitlines()[-1]
+    assert summary.startswith("1 failed, 1 passed, 13 skipped"), run.stdout[-3000:]
+    assert ("FAILED test_batchnorm.py::test_exercise[exercise1-(2,5)] - Failed: exercise 1 "
+            "(the forward pass with batch statistics): not done yet") in run.stdout
+    assert "waits for exercise 1 (the forward pass with batch statistics)" in run.stdout
+    assert "waits for exercise 4 (the running estimates and evaluation)" in run.stdout

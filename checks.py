@@ -103,8 +103,8 @@ def outputs(value, count, what):
 
 def same_shape(actual, expected_shape, what, x=None):
     if tuple(actual.shape) != tuple(expected_shape):
-        raise CheckFailed(f"{what} has shape {tuple(actual.shape)}, not "
-                          f"{tuple(expected_shape)}" + (f", {describe(x)}" if x is not None else ""))
+        raise CheckFailed(f"{what} has shape {tuple(actual.shape)}, not {tuple(expected_shape)}"
+                          + (f", {describe(x)}" if x is not None else ""))
 
 
 def finite(actual, what, x=None):

@@ -94,8 +94,8 @@ MISTAKES = {
         ("total = lambda t: t.sum(dim=reduce_dims, keepdim=True)",
          "total = lambda t: t.sum(dim=0, keepdim=True)")]),
     "closed form: gamma's and beta's gradients over N alone": (
-        3, "∂L/∂γ has shape (3, 5, 6), not (3,), for (N, C, H, W) input (4, 3, 5, 6): sum over "
-        "N, H and W, not N alone", [
+        3, "∂L/∂γ has shape (3, 5, 6), not (3,), for (N, C, H, W) input (4, 3, 5, 6): sum "
+        "over N, H and W, not N alone", [
             ("grad_beta = g.sum(dim=reduce_dims)", "grad_beta = g.sum(dim=0)"),
             ("grad_gamma = g_x_hat.sum(dim=reduce_dims)", "grad_gamma = g_x_hat.sum(dim=0)"),
             ("(grad_gamma / -m).view(stat_shape)", "(grad_gamma / -m)"),
@@ -307,7 +307,6 @@ def test_another_solution_passes_and_trains_as_the_solution(variants, tiny_mnist
     module = load(exercises.paste(STUBBED, ALTERNATIVE), variants)
     assert all(status == "passed" for status, _ in checks.grade_module(module).values())
     import mlp
-    import registry
     import solver
     histories = []
     for name, build in (("solution", mlp.build_model),

@@ -113,6 +113,10 @@ def test_the_replication_pairs_each_setting_and_seed_of_both_machines(tmp_path):
     assert record["summary"] == {"stable_settings": 2, "seed_pairs": 2, "identical_seeds": 3,
                                  "all_seeds": 5, "median_points": 0.0, "max_points": 0.0,
                                  "outcomes_differ": ["/bn[lr 0.1]"]}
+    assert replication.summary_line(record) == (
+        "Over 1 studies, 3 of 5 per-seed accuracies are identical; where every seed trained on "
+        "both machines (2 settings) they differ by at most 0.00 points; outcomes differ in 1 "
+        "settings.\n")
 
 
 def test_the_committed_replication_is_what_results_and_the_other_machine_give():

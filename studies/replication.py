@@ -146,8 +146,8 @@ def compare_machines(results_dir, theirs_dir, pages):
             "summary": summary(pairs), "settings": pairs}
         if why:
             same, total = identical_values(ours, theirs, SAME_CODE[name])
-            record["studies"][name]["not_compared"] = (
-                f"{why}: {same} of {total} identical ({', '.join(SAME_CODE[name])})")
+            record["studies"][name].update(not_compared=why, values_compared={
+                "fields": list(SAME_CODE[name]), "identical": same, "of": total})
     everything = [p for study in record["studies"].values() for p in study["settings"]]
     record["summary"] = summary(everything)
     return record
@@ -164,8 +164,27 @@ def table(record):
                 "-" if s["max_points"] is None else f"{s['max_points']:.2f}", edge)
     rows = [row(name, study["summary"]) for name, study in record["studies"].items()]
     rows.append(("all", *row("", record["summary"])[1:]))
-    notes = "".join(f"\n*{name}: {study['not_compared']}.*\n"
+    notes = "".join(f"\n*{name}: {study['not_compared']}: {values_note(study)}.*\n"
                     for name, study in record["studies"].items() if "not_compared" in study)
     return markdown_table(["study", "identical accuracies (seeds)", "stable settings",
                            "seed pairs", "median points apart", "most points apart",
                            "outcomes differ in"], rows) + notes
+
+
+def values_note(study):
+    """"4,800 of 4,800 identical (running_mean, batch_mean)": a study compared value by value."""
+    v = study["values_compared"]
+    return f"{v['identical']:,} of {v['of']:,} identical ({', '.join(v['fields'])})"
+
+
+def summary_line(record):
+    """README's sentence of it: how far another CPU type moves the results, from the record."""
+    s = record["summary"]
+    notes = [f"{name}: {values_note(study)}"
+             for name, study in record["studies"].items() if "not_compared" in study]
+    most = "-" if s["max_points"] is None else f"{s['max_points']:.2f} points"
+    return (f"Over {len(record['studies'])} studies, {s['identical_seeds']:,} of "
+            f"{s['all_seeds']:,} per-seed accuracies are identical; where every seed trained on "
+            f"both machines ({s['stable_settings']} settings) they differ by at most {most}; "
+            f"outcomes differ in {len(s['outcomes_differ'])} settings"
+            + "".join(f"; {note}" for note in notes) + ".\n")

@@ -8,9 +8,9 @@ A generated block in a Markdown document is marked by two HTML comments, invisib
 
 `python experiments.py --tables` rewrites every marked block in place; test_tables.py fails when
 a committed document differs from what results/ generate, so no number in a table is typed by
-hand. Three names are not studies: `report_runs` and `first_look`, README's reproduction table
-and its one-epoch first look (both from results/report_runs.json), and `replication`, the comparison with another CPU type (from
-results/replication.json, see studies/replication.py).
+hand. OTHER_BLOCKS names the blocks that are no study's: README's reproduction table and its
+one-epoch first look (from results/report_runs.json), and the comparison with another CPU type
+as a table and as README's sentence (from results/replication.json, studies/replication.py).
 """
 import json
 import re
@@ -25,22 +25,32 @@ BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end 
                    r"(?P=name) -->)", re.S)
 
 
+OTHER_BLOCKS = {   # the blocks that are no study's table: name -> (its JSON, its renderer)
+    "report_runs": ("report_runs", lambda r: reproduce().report_table(r)),
+    "first_look": ("report_runs", lambda r: reproduce().first_look_table(r)),
+    "replication": ("replication", replication.table),
+    "replication_summary": ("replication", replication.summary_line),
+}
+
+
+def reproduce():
+    """reproduce.py, imported when needed: it imports the model scripts, which studies need not."""
+    import reproduce as module
+    return module
+
+
 def generate(name, results_dir, pages):
-    """The Markdown of the block `name`: a study page's table() of results/<name>.json, or the
-    report runs' table."""
-    source = "report_runs" if name == "first_look" else name
-    path = Path(results_dir) / f"{source}.json"
-    if name not in ("report_runs", "first_look", "replication") and name not in pages:
+    """The Markdown of the block `name`: a study page's table() of results/<name>.json with the
+    line of where it ran, or one of OTHER_BLOCKS."""
+    if name not in OTHER_BLOCKS and name not in pages:
         raise plumbing.SolverError(f"a block names the table {name!r}, which is no study's")
+    source, render = OTHER_BLOCKS.get(name, (name, None))
+    path = Path(results_dir) / f"{source}.json"
     if not path.exists():
         raise plumbing.SolverError(f"{path} not found: the table {name!r} is generated from it")
     results = json.loads(path.read_text())
-    if name in ("report_runs", "first_look"):
-        import reproduce   # here: reproduce imports the model scripts, which studies need not
-        return (reproduce.report_table if name == "report_runs"
-                else reproduce.first_look_table)(results)
-    if name == "replication":
-        return replication.table(results)
+    if render:
+        return render(results)
     return pages[name].table(results) + "\n" + made_by(results["provenance"]) + "\n"
 
 

@@ -257,7 +257,9 @@ def rewrite(files):
 
 def tracked_files(repo):
     """The files git tracks in repo (as they are in the working tree), symlinks left out."""
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True)
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True)
+    if listed.returncode != 0:
+        raise SystemExit(f"error: {repo} is not a git checkout: make copies the files git tracks")
     paths = [p for p in listed.stdout.decode().split("\0") if p]
     return [p for p in paths if (repo / p).is_file() and not (repo / p).is_symlink()]
 
@@ -287,9 +289,10 @@ def make(directory, repo=HERE):
     if directory.exists() and any(directory.iterdir()):
         raise SystemExit(f"error: {directory} is not empty; give a new or empty folder")
     solution = (repo / "batchnorm.py").read_text()
-    if not blocks(solution):
-        raise SystemExit("error: batchnorm.py here has no exercise blocks: is this a student's "
-                         "copy already?")
+    if not blocks(solution) or all(body.strip().startswith('raise NotImplementedError("exercise')
+                                   for body in block_texts(solution)):
+        raise SystemExit("error: batchnorm.py here has no solution in its exercise blocks: this "
+                         "is a student's copy already")
     paths = [p for p in tracked_files(repo) if p not in TEACHER_ONLY]
     texts = {}
     for path in ("batchnorm.py", "conftest.py", *{p for p, *_ in REWRITES}):
